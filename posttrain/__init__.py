@@ -1,0 +1,38 @@
+"""posttrain: post-training for causal language models.
+
+The command line is a thin layer over these functions, which a notebook can call
+directly::
+
+    from posttrain import load_config, train_sft, train_grpo, run_pipeline
+    cfg = load_config("recipes/quickstart.yaml", ["train.max_steps=50"], stage="sft")
+    sft_dir = train_sft(cfg)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_config": "posttrain.config",
+    "Config": "posttrain.config",
+    "PosttrainError": "posttrain.errors",
+    "train_sft": "posttrain.recipes.sft",
+    "train_grpo": "posttrain.recipes.grpo",
+    "run_eval": "posttrain.recipes.evaluate",
+    "evaluate_model": "posttrain.recipes.evaluate",
+    "run_generate": "posttrain.recipes.generate",
+    "run_pipeline": "posttrain.recipes.pipeline",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use, so `posttrain --help` does not pay for torch and transformers
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'posttrain' has no attribute {name!r}")

@@ -1,0 +1,99 @@
+"""Loading and saving Hugging Face causal LMs from local directories.
+
+Everything is read from disk: a directory that is missing, lacks a config, or
+holds a model that is not a causal LM fails with one line naming it, before any
+weights are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from posttrain.errors import ModelError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_causal_lm_dir(path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError("model directory not found", file=str(path), field="model.path")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelError(
+            "not a Hugging Face model directory (no config.json)", file=str(path), field="model.path"
+        )
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"config.json is not valid JSON: {e.msg}", file=str(cfg_file), line=e.lineno) from None
+    model_type = raw.get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        archs = raw.get("architectures") or []
+        raise ModelError(
+            f"not a causal language model (model_type={model_type!r}, architectures={archs})",
+            file=str(cfg_file),
+            field="model_type",
+        )
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    if not has_weights:
+        raise ModelError("no weights (*.safetensors or *.bin) in the directory", file=str(path), field="model.path")
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    if not Path(path).is_dir():
+        raise ModelError("model directory not found", file=str(path), field="model.path")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer: {e}".splitlines()[0], file=str(path), field="model.path") from None
+    if tok.eos_token_id is None:
+        raise ModelError("the tokenizer has no eos token; generation could never stop", file=str(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is always masked, so any id will do
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+    check_causal_lm_dir(path)
+    AutoConfig.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
+    model.config.use_cache = False  # training default; the sampler asks for the cache itself
+    return model
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
+    """Save model and tokenizer so that ``out`` is either the old or the new one, never half."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, out)
+    return out
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Swap ``tmp`` into place at ``out``: renames only, so a crash leaves a loadable copy."""
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)

@@ -1,0 +1,54 @@
+"""``posttrain generate``: sample completions and write them, scored when the task can."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from posttrain.config import Config
+from posttrain.data.tokenize import check_length, encode_prompt
+from posttrain.errors import DataError
+from posttrain.models.io import context_length, load_model, load_tokenizer
+from posttrain.recipes.common import derive_seed, make_task, model_dir, setup
+from posttrain.rollout.base import SamplingParams
+from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.tasks.base import Example
+from posttrain.train.metrics import console
+
+
+def run_generate(cfg: Config, prompts: list[str] | None = None) -> list[dict[str, Any]]:
+    """Generate for ``prompts``, or for ``eval.num_problems`` test problems of the task.
+
+    Writes ``output_dir/generations.jsonl``: prompt, completion, finish reason, and
+    reward when the row has a gold answer.
+    """
+    out = setup(cfg)
+    cfg = model_dir(cfg)
+    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
+    model = load_model(cfg.model.path, cfg.model.dtype)  # type: ignore[arg-type]
+    task = make_task(cfg.data)
+    if prompts:
+        examples = [Example(id=f"prompt-{i}", prompt=p, source=f"command line:{i + 1}") for i, p in enumerate(prompts)]
+    else:
+        examples = task.examples("test", cfg.eval.num_problems, cfg.seed)
+    if not examples:
+        raise DataError("no prompts to generate for", file=cfg.data.path or cfg.data.task)
+    ids = [encode_prompt(tokenizer, task.prompt(ex)) for ex in examples]
+    s = cfg.sampling
+    for ex, p in zip(examples, ids):
+        check_length(ex, len(p), s.max_new_tokens, context_length(model))
+    engine = TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+    sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, 5))
+    rows = []
+    for ex, c in zip(examples, engine.generate(ids, sampling)):
+        row: dict[str, Any] = {"id": ex.id, "prompt": ex.prompt, "completion": c.text, "finish_reason": c.finish_reason}
+        if ex.answer is not None:
+            row["answer"] = ex.answer
+            row["reward"] = task.verify(ex, c.text)
+        rows.append(row)
+    with open(out / "generations.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    for r in rows[:5]:
+        console.print(f"[bold]{r['prompt']!r}[/bold] -> {r['completion']!r}")
+    console.print(f"generate: {len(rows)} completions -> {out / 'generations.jsonl'}")
+    return rows

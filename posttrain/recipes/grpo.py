@@ -1,0 +1,217 @@
+"""GRPO recipe: sample groups, score with the task's verifier, update, repeat.
+
+One iteration (``train.max_steps`` of them):
+
+1. take ``grpo.prompts_per_step`` training prompts (a pure function of seed and
+   iteration, so resume needs no data-loader state);
+2. sample ``grpo.samples_per_prompt`` completions of each with the batched
+   sampler, which records each token's logprob: these are the old logprobs;
+3. reward = the verifier's score; truncated completions are masked, penalised or
+   kept (``grpo.overlong``); advantages = reward minus group mean (/ std);
+   groups with equal rewards are dropped (``grpo.drop_uniform_groups``);
+4. ``grpo.updates_per_batch`` passes of ``grpo.minibatches`` optimiser steps
+   each over the kept rollouts, with the clipped surrogate of
+   ``posttrain.algorithms.grpo``.
+
+The math lives in ``posttrain.algorithms.grpo``; this file is wiring only.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from posttrain.algorithms.grpo import LOSS_WEIGHTS, group_advantages, grpo_loss, uniform_groups
+from posttrain.algorithms.logprobs import token_logprobs
+from posttrain.algorithms.types import LossOutput
+from posttrain.config import Config, GRPOConfig
+from posttrain.data.batch import TokenBatch, collate, per_token
+from posttrain.data.tokenize import check_length, encode_prompt
+from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
+from posttrain.recipes.common import derive_seed, make_task, model_dir, setup
+from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
+from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.tasks.base import Example, Task
+from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.train.loop import build_optimizer, optimizer_step
+from posttrain.train.metrics import MetricsWriter, console, progress
+
+
+@dataclass
+class Rollouts:
+    """One iteration's scored samples, grouped: row i*G + j is sample j of prompt i."""
+
+    completions: list[Completion]
+    rewards: torch.Tensor  # (N, G) after overlong handling
+    raw_rewards: torch.Tensor  # (N, G) verifier scores
+    truncated: torch.Tensor  # (N, G) bool
+
+
+def sample_rollouts(
+    engine: RolloutEngine,
+    task: Task,
+    examples: list[Example],
+    prompts: list[list[int]],
+    cfg: GRPOConfig,
+    sampling: SamplingParams,
+) -> Rollouts:
+    G = cfg.samples_per_prompt
+    completions = engine.generate([p for p in prompts for _ in range(G)], sampling)
+    raw = torch.tensor(
+        [task.verify(examples[i // G], c.text) for i, c in enumerate(completions)], dtype=torch.float32
+    ).view(len(examples), G)
+    truncated = torch.tensor([c.finish_reason == "length" for c in completions]).view(len(examples), G)
+    rewards = raw.clone()
+    if cfg.overlong == "penalty":
+        rewards[truncated] = cfg.overlong_reward
+    return Rollouts(completions, rewards, raw, truncated)
+
+
+def rollout_batch(ro: Rollouts, cfg: GRPOConfig, max_len: int, pad_id: int) -> tuple[TokenBatch | None, float]:
+    """Kept rollouts as one TokenBatch with old logprobs, advantages and loss weights."""
+    G = cfg.samples_per_prompt
+    advantages = group_advantages(ro.rewards, cfg.std_normalize)
+    keep_group = ~uniform_groups(ro.rewards) if cfg.drop_uniform_groups else torch.ones(len(ro.rewards), dtype=torch.bool)
+    dropped = 1.0 - float(keep_group.float().mean())
+    rows = [i for i in range(len(ro.completions)) if keep_group[i // G]]
+    if not rows:
+        return None, dropped
+    cs = [ro.completions[i] for i in rows]
+    batch = collate([c.prompt_ids for c in cs], [c.completion_ids for c in cs], pad_id)
+    width = batch.response_mask.shape[1]
+    prompt_lens = [len(c.prompt_ids) for c in cs]
+    if cfg.overlong == "mask":
+        truncated = ro.truncated.flatten()[rows]
+        batch.response_mask[truncated] = 0.0
+    weights, _ = LOSS_WEIGHTS[cfg.loss_agg](batch.response_mask, max_len)
+    batch.extra = {
+        "old_logprobs": per_token([c.logprobs for c in cs], prompt_lens, width),
+        "advantages": advantages.flatten()[rows][:, None].expand(-1, width).contiguous(),
+        "weights": weights,
+        "group": torch.tensor([i // G for i in rows]),
+    }
+    return batch, dropped
+
+
+@torch.no_grad()
+def add_ref_logprobs(ref: PreTrainedModel, batch: TokenBatch, temperature: float, chunk: int) -> None:
+    parts = [token_logprobs(ref, batch.select(list(range(s, min(s + chunk, len(batch.input_ids))))), temperature)[0]
+             for s in range(0, len(batch.input_ids), chunk)]
+    width = batch.response_mask.shape[1]
+    batch.extra["ref_logprobs"] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
+def minibatch_rows(batch: TokenBatch | None, minibatches: int) -> list[list[int]]:
+    """Split rows into ``minibatches`` sets of whole groups; a set is empty when groups run out."""
+    if batch is None:
+        return [[] for _ in range(minibatches)]
+    group_of = batch.extra["group"].tolist()
+    groups = sorted(set(group_of))
+    chunks = [groups[i::minibatches] for i in range(minibatches)]
+    return [[r for r, g in enumerate(group_of) if g in set(chunk)] for chunk in chunks]
+
+
+def train_grpo(cfg: Config, resume: bool = False) -> Path:
+    """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
+    out = setup(cfg)
+    cfg = model_dir(cfg)
+    g = cfg.grpo
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
+    model = load_model(ckpt or cfg.model.path, cfg.model.dtype)  # type: ignore[arg-type]
+    model.train()
+    ref = None
+    if g.kl_coef > 0:
+        ref = load_model(cfg.model.path, cfg.model.dtype).eval()  # type: ignore[arg-type]
+        ref.requires_grad_(False)
+    task = make_task(cfg.data)
+    engine = TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+    total_updates = cfg.train.max_steps * g.updates_per_batch * g.minibatches
+    optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
+    start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
+    writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key="iteration")
+    ctx = context_length(model)
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    last: dict[str, float] = {}
+    with progress() as bar:
+        task_id = bar.add_task("grpo", total=cfg.train.max_steps, completed=start, info="")
+        for it in range(start, cfg.train.max_steps):
+            last = grpo_iteration(cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer)
+            bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}")
+            if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
+                save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler)
+    writer.close()
+    final = save_pretrained_atomic(model, tokenizer, out / "final")
+    if last:
+        console.print(f"grpo: {cfg.train.max_steps} iterations, last reward {last['reward']:.3f} -> {final}")
+    return final
+
+
+def grpo_iteration(
+    cfg: Config,
+    it: int,
+    model: PreTrainedModel,
+    ref: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    engine: RolloutEngine,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    ctx: int | None,
+    pad: int,
+    writer: MetricsWriter,
+) -> dict[str, float]:
+    g, s = cfg.grpo, cfg.sampling
+    t0 = time.perf_counter()
+    examples = task.examples("train", g.prompts_per_step, derive_seed(cfg.seed, it, 2))
+    prompts = [encode_prompt(tokenizer, task.prompt(ex)) for ex in examples]
+    for ex, p in zip(examples, prompts):
+        check_length(ex, len(p), s.max_new_tokens, ctx)
+    sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, it, 3))
+    ro = sample_rollouts(engine, task, examples, prompts, g, sampling)
+    gen_seconds = time.perf_counter() - t0
+    gen_tokens = sum(len(c.completion_ids) for c in ro.completions)
+    batch, dropped = rollout_batch(ro, g, s.max_new_tokens, pad)
+    base = {
+        "stage": "grpo",
+        "iteration": it + 1,
+        "reward": float(ro.raw_rewards.mean()),
+        "reward_std": float(ro.raw_rewards.std()),
+        "groups_dropped": dropped,
+        "truncated_frac": float(ro.truncated.float().mean()),
+        "completion_len": gen_tokens / len(ro.completions),
+        "gen_tokens_per_s": gen_tokens / gen_seconds,
+    }
+    if batch is not None and ref is not None:
+        add_ref_logprobs(ref, batch, s.temperature or 1.0, cfg.train.micro_batch_size)
+
+    def loss_fn(mb: TokenBatch) -> LossOutput:
+        logprobs, entropy = token_logprobs(model, mb, s.temperature or 1.0, with_entropy=True)
+        return grpo_loss(
+            logprobs, mb.extra["old_logprobs"], mb.extra["advantages"], mb.response_mask, mb.extra["weights"],
+            g.clip_low, g.clip_high, mb.extra.get("ref_logprobs"), g.kl_coef, g.kl_estimator, entropy,
+        )  # fmt: skip
+
+    stats: dict[str, float] = {}
+    chunks = minibatch_rows(batch, g.minibatches)
+    for u in range(g.updates_per_batch * g.minibatches):
+        step = it * g.updates_per_batch * g.minibatches + u + 1
+        rows = chunks[u % g.minibatches]
+        if batch is None or not rows:  # no group with signal: no update, the schedule still advances
+            scheduler.step()
+            writer.write({**base, "step": step, "loss": None, "skipped": True})
+            continue
+        mbs = cfg.train.micro_batch_size
+        micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
+        _, count = LOSS_WEIGHTS[g.loss_agg](batch.response_mask[rows], s.max_new_tokens)
+        t1 = time.perf_counter()
+        stats = optimizer_step(model, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
+        tokens = sum(mb.num_tokens for mb in micro)
+        writer.write({**base, "step": step, **stats, "tokens_per_s": tokens / (time.perf_counter() - t1)})
+    return {**base, **stats}

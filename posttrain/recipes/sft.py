@@ -1,0 +1,114 @@
+"""Supervised fine-tuning recipe: demonstrations in, a fine-tuned HF model out.
+
+Reads top to bottom: load, encode every demonstration once (failing on the first
+bad row with its file and line), then for each optimiser step take the next
+``train.batch_size`` rows of a seeded per-epoch permutation, bucket them by
+length into micro-batches, and step. The data position is a pure function of the
+step number, so resume needs no sampler state and repeats or skips nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from posttrain.algorithms.logprobs import token_logprobs
+from posttrain.algorithms.sft import sft_loss
+from posttrain.algorithms.types import LossOutput
+from posttrain.config import Config
+from posttrain.data.batch import TokenBatch, collate, length_buckets
+from posttrain.data.tokenize import encode_example
+from posttrain.errors import DataError
+from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
+from posttrain.recipes.common import derive_seed, make_task, model_dir, setup, train_examples_count
+from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.train.loop import build_optimizer, optimizer_step
+from posttrain.train.metrics import MetricsWriter, console, progress
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(derive_seed(seed, epoch, 1))
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[tuple[list[int], list[int]]]:
+    task = make_task(cfg.data)
+    examples = task.examples("train", train_examples_count(cfg.data), cfg.seed)
+    demos = [ex for ex in examples if ex.completion is not None]
+    if not demos:
+        raise DataError(
+            "no demonstrations to train on (rows need a completion or messages)",
+            file=cfg.data.path or cfg.data.task,
+            field="completion",
+        )
+    return [encode_example(tokenizer, ex, max_len) for ex in demos]
+
+
+def train_sft(cfg: Config, resume: bool = False) -> Path:
+    """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
+    out = setup(cfg)
+    cfg = model_dir(cfg)
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
+    model = load_model(ckpt or cfg.model.path, cfg.model.dtype)  # type: ignore[arg-type]
+    model.train()
+    ctx = context_length(model)
+    max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
+    data = load_demonstrations(cfg, tokenizer, max_len)
+    lengths = [len(p) + len(c) for p, c in data]
+    bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
+    steps_per_epoch = len(data) // bs
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"only {len(data)} demonstrations, fewer than one batch of {bs}",
+            file=cfg.data.path or cfg.data.task,
+            field="train.batch_size",
+        )
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
+    start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
+    writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+
+    def loss_fn(mb: TokenBatch) -> LossOutput:
+        logprobs, _ = token_logprobs(model, mb)
+        return sft_loss(logprobs, mb.response_mask)
+
+    stats: dict[str, float] = {}
+    with progress() as bar:
+        task_id = bar.add_task("sft", total=cfg.train.max_steps, completed=start, info="")
+        for step in range(start, cfg.train.max_steps):
+            epoch, k = divmod(step, steps_per_epoch)
+            rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
+            micro = [
+                collate([data[i][0] for i in b], [data[i][1] for i in b], pad)
+                for b in length_buckets(lengths, rows, mbs)
+            ]
+            count = float(sum(mb.response_mask.sum() for mb in micro))
+            t0 = time.perf_counter()
+            stats = optimizer_step(model, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
+            seconds = time.perf_counter() - t0
+            tokens = sum(mb.num_tokens for mb in micro)
+            writer.write(
+                {
+                    "stage": "sft",
+                    "step": step + 1,
+                    "epoch": epoch,
+                    "loss": stats["loss"],
+                    "lr": stats["lr"],
+                    "grad_norm": stats["grad_norm"],
+                    "tokens": tokens,
+                    "tokens_per_s": tokens / seconds,
+                }
+            )
+            bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}")
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                save_checkpoint(out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler)
+    writer.close()
+    final = save_pretrained_atomic(model, tokenizer, out / "final")
+    if stats:
+        console.print(
+            f"sft: {cfg.train.max_steps} steps, {len(data)} demonstrations, final loss {stats['loss']:.4f} -> {final}"
+        )
+    return final

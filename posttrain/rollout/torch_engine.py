@@ -1,0 +1,140 @@
+"""A batched sampler with a KV cache, in plain PyTorch over any HF causal LM.
+
+Prompts are left-padded so that every row's next token sits in the last column;
+each decode step feeds one token per row and reuses the model's key/value cache.
+Position ids are counted from each row's first real token, so a padded row sees
+exactly the positions it would see alone, and its logprobs match a full forward
+pass over the unpadded sequence (tested).
+
+Logprobs are those of ``softmax(logits / temperature)`` before top-k/top-p
+truncation: the distribution the trainer recomputes for the importance ratio.
+Truncation only changes which tokens can be drawn.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from posttrain.rollout.base import Completion, SamplingParams
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits outside the top-k set and the top-p nucleus. logits: (B, V)."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass before it already reaches top_p; the first always stays
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+class TorchEngine:
+    """Generates from ``model`` in place: the trainer's own module, or a copy it syncs."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos_id = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+        self.stop_ids = {self.eos_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            self.stop_ids.add(gen_eos)
+        elif isinstance(gen_eos, list):
+            self.stop_ids.update(int(i) for i in gen_eos)
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict, strict=False)
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        gen = None
+        if sampling.seed is not None:
+            gen = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
+        out: list[Completion] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, gen))
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling: SamplingParams, gen: torch.Generator | None
+    ) -> list[Completion]:
+        model, device = self.model, self.model.device
+        was_training = model.training
+        model.eval()
+        B, L = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long, device=device)
+        attention = torch.zeros((B, L), dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            input_ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attention[i, L - len(p) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(sorted(self.stop_ids), device=device)
+
+        tokens = torch.full((B, sampling.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((B, sampling.max_new_tokens), device=device)
+        lengths = torch.full((B,), sampling.max_new_tokens, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        next_pos = positions[:, -1:] + 1
+        for t in range(sampling.max_new_tokens):
+            logits = out.logits[:, -1].float()
+            if sampling.temperature > 0:
+                logits = logits / sampling.temperature
+            step_logprobs = logits.log_softmax(-1)
+            if sampling.temperature == 0:
+                token = logits.argmax(-1)
+            else:
+                probs = _filter_logits(logits, sampling.top_k, sampling.top_p).softmax(-1)
+                token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            token = token.masked_fill(done, self.pad_id)
+            tokens[:, t] = token
+            logprobs[:, t] = step_logprobs.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
+            finished_now = ~done & torch.isin(token, stop)
+            lengths = torch.where(finished_now, t + 1, lengths)
+            done |= finished_now
+            if bool(done.all()) or t + 1 == sampling.max_new_tokens:
+                break
+            attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            next_pos = next_pos + 1
+        model.train(was_training)
+        return self._records(prompts, tokens.tolist(), logprobs.tolist(), lengths.tolist(), done.tolist())
+
+    def _records(
+        self,
+        prompts: list[list[int]],
+        tokens: list[list[int]],
+        logprobs: list[list[float]],
+        lengths: list[int],
+        done: list[bool],
+    ) -> list[Completion]:
+        out = []
+        for p, toks, lps, n, stopped in zip(prompts, tokens, logprobs, lengths, done):
+            ids = toks[:n]
+            out.append(
+                Completion(
+                    prompt_ids=list(p),
+                    completion_ids=ids,
+                    logprobs=lps[:n],
+                    finish_reason="stop" if stopped else "length",
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                )
+            )
+        return out

@@ -1,0 +1,89 @@
+"""Config loading: overlays, overrides, stage merging, and every rejection message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posttrain.config import Config, load_config
+from posttrain.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config()
+    assert cfg == Config()
+    assert str(cfg.out) == "runs/quickstart"
+
+
+def test_yaml_overlay_and_dotted_override(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\noptim:\n  lr: 3e-4\ntrain: {max_steps: 7}\n")
+    cfg = load_config(path, ["train.max_steps=9", "grpo.std_normalize=false"])
+    assert cfg.optim.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string; we accept it
+    assert cfg.train.max_steps == 9  # the command line wins over the file
+    assert cfg.grpo.std_normalize is False
+    assert str(cfg.out) == "runs/x"
+
+
+def test_stage_overlay_then_command_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "optim: {lr: 1.0e-3}\nstages:\n  sft:\n    optim: {lr: 2.0e-3}\n  grpo:\n    train: {max_steps: 5}\n",
+    )
+    assert load_config(path, stage="sft").optim.lr == pytest.approx(2e-3)
+    assert load_config(path, stage="grpo").optim.lr == pytest.approx(1e-3)
+    assert load_config(path, stage="grpo").train.max_steps == 5
+    assert load_config(path, ["optim.lr=5e-4"], stage="sft").optim.lr == pytest.approx(5e-4)
+
+
+def test_unknown_key_names_file_line_and_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\noptim:\n  lr: 1.0e-3\n  warmup_step: 10\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:4: optim.warmup_step: unknown key 'warmup_step'; did you mean 'warmup_steps'?"
+
+
+def test_unknown_override_key() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: optim\.lrr: unknown key 'lrr'; did you mean 'lr'\?$"):
+        load_config(None, ["optim.lrr=1"])
+
+
+def test_unknown_key_inside_stage_overlay(tmp_path: Path) -> None:
+    path = write(tmp_path, "stages:\n  grpo:\n    grpo:\n      clip_hgh: 0.3\n")
+    with pytest.raises(ConfigError, match=r":4: grpo\.clip_hgh: unknown key 'clip_hgh'; did you mean 'clip_high'\?"):
+        load_config(path, stage="sft")  # every overlay is checked, whichever stage runs
+
+
+def test_wrong_type_and_choice(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  max_steps: ten\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:2: train.max_steps: expected an integer, got 'ten'"
+    with pytest.raises(ConfigError, match=r"'tokenmean' is not one of .*did you mean 'token_mean'\?"):
+        load_config(None, ["grpo.loss_agg=tokenmean"])
+
+
+def test_cross_field_validation() -> None:
+    with pytest.raises(ConfigError, match=r"grpo\.minibatches: must divide grpo\.prompts_per_step \(16\)"):
+        load_config(None, ["grpo.minibatches=3"])
+    with pytest.raises(ConfigError, match=r"data\.path: the jsonl task needs data\.path"):
+        load_config(None, ["data.task=jsonl"])
+
+
+def test_invalid_yaml_reports_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\noptim: {lr: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_quickstart_recipe_loads() -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "recipes" / "quickstart.yaml", stage="grpo")
+    assert cfg.name == "quickstart"
+    assert cfg.grpo.samples_per_prompt >= 2
