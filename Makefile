@@ -24,11 +24,13 @@ demo: install
 	$(BIN)/posttrain run
 
 test: install
+	$(BIN)/ruff check posttrain tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check posttrain tests bench
-	$(BIN)/ruff format --check posttrain tests bench
+	$(BIN)/ruff check posttrain tests
+	$(BIN)/ruff format --check posttrain tests
 
 typecheck: install
 	$(BIN)/mypy

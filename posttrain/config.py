@@ -265,9 +265,7 @@ def load_config(
     return staged.get(stage, cfg) if stage is not None else cfg
 
 
-def _stage_config(
-    data: dict[str, Any], name: str, parsed: list[tuple[str, Any]], src: _Source
-) -> Config:
+def _stage_config(data: dict[str, Any], name: str, parsed: list[tuple[str, Any]], src: _Source) -> Config:
     merged = _merge({k: v for k, v in data.items() if k != "stages"}, data["stages"][name])
     for key, value in parsed:
         if not key.startswith("stages."):
@@ -276,7 +274,7 @@ def _stage_config(
     prefix = f"stages.{name}."
     stage_src = _Source()
     stage_src.lines = {k: v for k, v in src.lines.items() if not k.startswith("stages.")}
-    stage_src.lines.update({k[len(prefix):]: v for k, v in src.lines.items() if k.startswith(prefix)})
+    stage_src.lines.update({k[len(prefix) :]: v for k, v in src.lines.items() if k.startswith(prefix)})
     stage_src.lines.update({k: ("command line", None) for k, _ in parsed if not k.startswith("stages.")})
     cfg = build(Config, merged, "", stage_src)
     validate(cfg, stage_src)
@@ -324,7 +322,7 @@ def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
         file, line = src.where(dotted)
         return ConfigError(f"expected {expected}, got {value!r}", file=file, line=line, field=dotted)
 
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, dotted, src)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -337,9 +335,7 @@ def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(
-                f"{value!r} is not one of {choices}{hint}", file=file, line=line, field=dotted
-            )
+            raise ConfigError(f"{value!r} is not one of {choices}{hint}", file=file, line=line, field=dotted)
         return value
     if origin is dict:
         if not isinstance(value, dict):

@@ -24,7 +24,7 @@ processes) before any forward pass.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

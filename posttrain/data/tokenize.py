@@ -34,9 +34,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_example(
-    tokenizer: PreTrainedTokenizerBase, ex: Example, max_len: int | None
-) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example, max_len: int | None) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids ending in eos) of a demonstration."""
     if ex.completion is None:
         raise example_error(ex, "completion", "this row has no demonstration to train on")

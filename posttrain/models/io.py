@@ -28,9 +28,7 @@ def check_causal_lm_dir(path: str | Path) -> None:
         raise ModelError("model directory not found", file=str(path), field="model.path")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise ModelError(
-            "not a Hugging Face model directory (no config.json)", file=str(path), field="model.path"
-        )
+        raise ModelError("not a Hugging Face model directory (no config.json)", file=str(path), field="model.path")
     try:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
@@ -49,8 +47,7 @@ def check_causal_lm_dir(path: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    if not Path(path).is_dir():
-        raise ModelError("model directory not found", file=str(path), field="model.path")
+    check_causal_lm_dir(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:

@@ -63,8 +63,6 @@ def tiny_llama(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: i
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
-        rope_theta=10000.0,
-        attn_implementation="sdpa",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -80,9 +80,7 @@ def evaluate_model(
     greedy_acc = sum(task.verify(ex, c.text) > 0 for ex, c in zip(problems, greedy)) / len(problems)
     return {
         "pass_at_k": {str(k): v for k, v in mean_pass_at_k(counts, ks).items()},
-        "pass_at_k_ci": {
-            str(k): list(bootstrap_ci([pass_at_k(nn, c, k) for nn, c in counts], seed=seed)) for k in ks
-        },
+        "pass_at_k_ci": {str(k): list(bootstrap_ci([pass_at_k(nn, c, k) for nn, c in counts], seed=seed)) for k in ks},
         "maj_at_k": {str(k): maj_at_k(scored, k, seed=seed) for k in ks},
         "greedy_accuracy": greedy_acc,
         "mean_completion_tokens": sum(len(c.completion_ids) for c in samples) / len(samples),

@@ -18,10 +18,11 @@ The math lives in ``posttrain.algorithms.grpo``; this file is wiring only.
 
 from __future__ import annotations
 
-import copy
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -77,7 +78,9 @@ def rollout_batch(ro: Rollouts, cfg: GRPOConfig, max_len: int, pad_id: int) -> t
     """Kept rollouts as one TokenBatch with old logprobs, advantages and loss weights."""
     G = cfg.samples_per_prompt
     advantages = group_advantages(ro.rewards, cfg.std_normalize)
-    keep_group = ~uniform_groups(ro.rewards) if cfg.drop_uniform_groups else torch.ones(len(ro.rewards), dtype=torch.bool)
+    keep_group = (
+        ~uniform_groups(ro.rewards) if cfg.drop_uniform_groups else torch.ones(len(ro.rewards), dtype=torch.bool)
+    )
     dropped = 1.0 - float(keep_group.float().mean())
     rows = [i for i in range(len(ro.completions)) if keep_group[i // G]]
     if not rows:
@@ -101,8 +104,10 @@ def rollout_batch(ro: Rollouts, cfg: GRPOConfig, max_len: int, pad_id: int) -> t
 
 @torch.no_grad()
 def add_ref_logprobs(ref: PreTrainedModel, batch: TokenBatch, temperature: float, chunk: int) -> None:
-    parts = [token_logprobs(ref, batch.select(list(range(s, min(s + chunk, len(batch.input_ids))))), temperature)[0]
-             for s in range(0, len(batch.input_ids), chunk)]
+    parts = [
+        token_logprobs(ref, batch.select(list(range(s, min(s + chunk, len(batch.input_ids))))), temperature)[0]
+        for s in range(0, len(batch.input_ids), chunk)
+    ]
     width = batch.response_mask.shape[1]
     batch.extra["ref_logprobs"] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
@@ -113,8 +118,11 @@ def minibatch_rows(batch: TokenBatch | None, minibatches: int) -> list[list[int]
         return [[] for _ in range(minibatches)]
     group_of = batch.extra["group"].tolist()
     groups = sorted(set(group_of))
-    chunks = [groups[i::minibatches] for i in range(minibatches)]
-    return [[r for r, g in enumerate(group_of) if g in set(chunk)] for chunk in chunks]
+    chunk_of = {g: i % minibatches for i, g in enumerate(groups)}
+    out: list[list[int]] = [[] for _ in range(minibatches)]
+    for row, g in enumerate(group_of):
+        out[chunk_of[g]].append(row)
+    return out
 
 
 def train_grpo(cfg: Config, resume: bool = False) -> Path:
@@ -178,7 +186,7 @@ def grpo_iteration(
     gen_seconds = time.perf_counter() - t0
     gen_tokens = sum(len(c.completion_ids) for c in ro.completions)
     batch, dropped = rollout_batch(ro, g, s.max_new_tokens, pad)
-    base = {
+    base: dict[str, Any] = {
         "stage": "grpo",
         "iteration": it + 1,
         "reward": float(ro.raw_rewards.mean()),
@@ -204,7 +212,9 @@ def grpo_iteration(
         step = it * g.updates_per_batch * g.minibatches + u + 1
         rows = chunks[u % g.minibatches]
         if batch is None or not rows:  # no group with signal: no update, the schedule still advances
-            scheduler.step()
+            with warnings.catch_warnings():  # torch warns when the scheduler steps without the optimiser
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()
             writer.write({**base, "step": step, "loss": None, "skipped": True})
             continue
         mbs = cfg.train.micro_batch_size

@@ -134,7 +134,7 @@ class TorchEngine:
                     completion_ids=ids,
                     logprobs=lps[:n],
                     finish_reason="stop" if stopped else "length",
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    text=str(self.tokenizer.decode(ids, skip_special_tokens=True)),
                 )
             )
         return out

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch.optim import AdamW, Optimizer

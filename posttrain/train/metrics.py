@@ -36,7 +36,7 @@ class MetricsWriter:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, path)
-        self._file = open(path, "a")
+        self._file = open(path, "a")  # noqa: SIM115 - held open for the whole stage
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")

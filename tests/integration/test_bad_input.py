@@ -57,13 +57,13 @@ def test_prompt_longer_than_context(tmp_path: Path, tiny_dir: Path, capsys: pyte
 
 
 def test_model_dir_that_is_not_a_causal_lm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bert = tmp_path / "bert"
+    bert = tmp_path / "vit"
     bert.mkdir()
-    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (bert / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"]}))
     err = run_err(capsys, ["eval", *FAST, f"model.path={bert}", f"output_dir={tmp_path / 'o'}"])
     assert err == (
         f"posttrain: error: {bert / 'config.json'}: model_type: "
-        "not a causal language model (model_type='bert', architectures=['BertModel'])"
+        "not a causal language model (model_type='vit', architectures=['ViTModel'])"
     )
     err = run_err(capsys, ["eval", f"model.path={tmp_path / 'nope'}", f"output_dir={tmp_path / 'o'}"])
     assert err == f"posttrain: error: {tmp_path / 'nope'}: model.path: model directory not found"
