@@ -44,6 +44,7 @@ class ModelConfig:
     path: str | None = None  # a Hugging Face causal LM directory; None builds the tiny model
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"  # auto: cuda when available, else cpu
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class TrainConfig:
     max_seq_len: int = 128
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     save_every: int = 0  # steps between checkpoints; 0 saves only at the end
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
     log_every: int = 1
 
 

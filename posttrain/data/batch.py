@@ -24,6 +24,16 @@ class TokenBatch:
     response_mask: torch.Tensor  # (B, T-1) float: 1 where the target is a completion token
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token (B, T-1) or per-row (B,)
 
+    def to(self, device: torch.device) -> TokenBatch:
+        if self.input_ids.device == device:
+            return self
+        return TokenBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.response_mask.to(device),
+            {k: v.to(device) for k, v in self.extra.items()},
+        )
+
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())

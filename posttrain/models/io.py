@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.errors import ModelError
+from posttrain.train.device import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,10 +60,11 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+def load_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
     check_causal_lm_dir(path)
     AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
+    model.to(resolve_device(device))
     model.config.use_cache = False  # training default; the sampler asks for the cache itself
     return model
 

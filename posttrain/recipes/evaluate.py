@@ -49,6 +49,7 @@ def heldout_nll(
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s : s + batch_size]
         batch = collate([p for p, _ in chunk], [c for _, c in chunk], pad)
+        batch = batch.to(model.device)
         logprobs, _ = token_logprobs(model, batch)
         total -= float((logprobs * batch.response_mask).sum())
         count += float(batch.response_mask.sum())
@@ -100,7 +101,7 @@ def evaluate_dirs(cfg: Config, models: dict[str, str]) -> dict[str, dict[str, An
     results = {}
     for name, path in models.items():
         tokenizer = load_tokenizer(path)
-        model = load_model(path, cfg.model.dtype)
+        model = load_model(path, cfg.model.dtype, cfg.model.device)
         results[name] = evaluate_model(model, tokenizer, task, cfg.eval, cfg.seed)
         r = results[name]
         console.print(

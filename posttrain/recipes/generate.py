@@ -25,7 +25,7 @@ def run_generate(cfg: Config, prompts: list[str] | None = None) -> list[dict[str
     out = setup(cfg)
     cfg = model_dir(cfg)
     tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(cfg.model.path, cfg.model.dtype)  # type: ignore[arg-type]
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
     task = make_task(cfg.data)
     if prompts:
         examples = [Example(id=f"prompt-{i}", prompt=p, source=f"command line:{i + 1}") for i, p in enumerate(prompts)]

@@ -40,6 +40,7 @@ from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.base import Example, Task
 from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
 
@@ -104,9 +105,10 @@ def rollout_batch(ro: Rollouts, cfg: GRPOConfig, max_len: int, pad_id: int) -> t
 
 @torch.no_grad()
 def add_ref_logprobs(ref: PreTrainedModel, batch: TokenBatch, temperature: float, chunk: int) -> None:
+    rows = list(range(len(batch.input_ids)))
     parts = [
-        token_logprobs(ref, batch.select(list(range(s, min(s + chunk, len(batch.input_ids))))), temperature)[0]
-        for s in range(0, len(batch.input_ids), chunk)
+        token_logprobs(ref, batch.select(rows[s : s + chunk]).to(ref.device), temperature)[0].cpu()
+        for s in range(0, len(rows), chunk)
     ]
     width = batch.response_mask.shape[1]
     batch.extra["ref_logprobs"] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
@@ -132,11 +134,11 @@ def train_grpo(cfg: Config, resume: bool = False) -> Path:
     g = cfg.grpo
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(ckpt or cfg.model.path, cfg.model.dtype)  # type: ignore[arg-type]
+    model = load_model(ckpt or cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
     model.train()
     ref = None
     if g.kl_coef > 0:
-        ref = load_model(cfg.model.path, cfg.model.dtype).eval()  # type: ignore[arg-type]
+        ref = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()  # type: ignore[arg-type]
         ref.requires_grad_(False)
     task = make_task(cfg.data)
     engine = TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
@@ -182,7 +184,8 @@ def grpo_iteration(
     for ex, p in zip(examples, prompts):
         check_length(ex, len(p), s.max_new_tokens, ctx)
     sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, it, 3))
-    ro = sample_rollouts(engine, task, examples, prompts, g, sampling)
+    with precision(model.device, cfg.train.mixed_precision):
+        ro = sample_rollouts(engine, task, examples, prompts, g, sampling)
     gen_seconds = time.perf_counter() - t0
     gen_tokens = sum(len(c.completion_ids) for c in ro.completions)
     batch, dropped = rollout_batch(ro, g, s.max_new_tokens, pad)
@@ -195,12 +198,16 @@ def grpo_iteration(
         "truncated_frac": float(ro.truncated.float().mean()),
         "completion_len": gen_tokens / len(ro.completions),
         "gen_tokens_per_s": gen_tokens / gen_seconds,
+        "gen_seconds": gen_seconds,
     }
     if batch is not None and ref is not None:
-        add_ref_logprobs(ref, batch, s.temperature or 1.0, cfg.train.micro_batch_size)
+        with precision(model.device, cfg.train.mixed_precision):
+            add_ref_logprobs(ref, batch, s.temperature or 1.0, cfg.train.micro_batch_size)
 
     def loss_fn(mb: TokenBatch) -> LossOutput:
-        logprobs, entropy = token_logprobs(model, mb, s.temperature or 1.0, with_entropy=True)
+        mb = mb.to(model.device)
+        with precision(model.device, cfg.train.mixed_precision):
+            logprobs, entropy = token_logprobs(model, mb, s.temperature or 1.0, with_entropy=True)
         return grpo_loss(
             logprobs, mb.extra["old_logprobs"], mb.extra["advantages"], mb.response_mask, mb.extra["weights"],
             g.clip_low, g.clip_high, mb.extra.get("ref_logprobs"), g.kl_coef, g.kl_estimator, entropy,

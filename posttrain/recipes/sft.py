@@ -24,6 +24,7 @@ from posttrain.errors import DataError
 from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
 from posttrain.recipes.common import derive_seed, make_task, model_dir, setup, train_examples_count
 from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
 
@@ -52,7 +53,7 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     cfg = model_dir(cfg)
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(ckpt or cfg.model.path, cfg.model.dtype)  # type: ignore[arg-type]
+    model = load_model(ckpt or cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
     model.train()
     ctx = context_length(model)
     max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
@@ -72,7 +73,9 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
 
     def loss_fn(mb: TokenBatch) -> LossOutput:
-        logprobs, _ = token_logprobs(model, mb)
+        mb = mb.to(model.device)
+        with precision(model.device, cfg.train.mixed_precision):
+            logprobs, _ = token_logprobs(model, mb)
         return sft_loss(logprobs, mb.response_mask)
 
     stats: dict[str, float] = {}
