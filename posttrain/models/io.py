@@ -64,7 +64,7 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "auto") -
     check_causal_lm_dir(path)
     AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
-    model.to(resolve_device(device))
+    model.to(resolve_device(device))  # type: ignore[arg-type]  # transformers types .to oddly
     model.config.use_cache = False  # training default; the sampler asks for the cache itself
     return model
 
