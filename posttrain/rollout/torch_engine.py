@@ -6,6 +6,9 @@ Position ids are counted from each row's first real token, so a padded row sees
 exactly the positions it would see alone, and its logprobs match a full forward
 pass over the unpadded sequence (tested).
 
+The per-step model call is a ``Decoder``: a static-cache fast path for the Llama
+family, the model's own forward for everything else (``posttrain.rollout.decoders``).
+
 Logprobs are those of ``softmax(logits / temperature)`` before top-k/top-p
 truncation: the distribution the trainer recomputes for the importance ratio.
 Truncation only changes which tokens can be drawn.
@@ -18,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rollout.decoders import Decoder, HFDecoder, StaticLlamaDecoder, supports_static_decode
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -38,8 +42,11 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 class TorchEngine:
     """Generates from ``model`` in place: the trainer's own module, or a copy it syncs."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256, fast: bool = True
+    ) -> None:
         self.model = model
+        self.fast = fast and supports_static_decode(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_id = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
@@ -83,11 +90,13 @@ class TorchEngine:
         logprobs = torch.zeros((B, sampling.max_new_tokens), device=device)
         lengths = torch.full((B,), sampling.max_new_tokens, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        cache = out.past_key_values
+        decoder: Decoder = (
+            StaticLlamaDecoder(model, L + sampling.max_new_tokens) if self.fast else HFDecoder(model)
+        )
+        logits = decoder.prefill(input_ids, attention, positions)
         next_pos = positions[:, -1:] + 1
         for t in range(sampling.max_new_tokens):
-            logits = out.logits[:, -1].float()
+            logits = logits.float()
             if sampling.temperature > 0:
                 logits = logits / sampling.temperature
             step_logprobs = logits.log_softmax(-1)
@@ -105,14 +114,7 @@ class TorchEngine:
             if bool(done.all()) or t + 1 == sampling.max_new_tokens:
                 break
             attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
-            out = model(
-                input_ids=token[:, None],
-                attention_mask=attention,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
+            logits = decoder.step(token[:, None], attention, next_pos)
             next_pos = next_pos + 1
         model.train(was_training)
         return self._records(prompts, tokens.tolist(), logprobs.tolist(), lengths.tolist(), done.tolist())

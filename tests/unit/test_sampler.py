@@ -86,3 +86,14 @@ def test_top_k_and_top_p_filters() -> None:
     # nucleus 0.7: 0.5 alone is below 0.7, 0.5 + 0.3 reaches it; the rest is dropped
     assert torch.isinf(_filter_logits(logits, 0, 0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(_filter_logits(logits, 0, 0.4)).tolist() == [[False, True, True, True]]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_fast_decode_matches_the_plain_path(engine: TorchEngine, temperature: float) -> None:
+    assert engine.fast  # the tiny model is a Llama: the static-cache path is the default
+    plain = TorchEngine(engine.model, engine.tokenizer, batch_size=3, fast=False)
+    sp = SamplingParams(temperature=temperature, max_new_tokens=12, seed=4)
+    a, b = engine.generate(prompts(engine), sp), plain.generate(prompts(engine), sp)
+    assert [c.completion_ids for c in a] == [c.completion_ids for c in b]
+    for x, y in zip(a, b):
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
