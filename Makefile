@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck bench-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+# the side-by-side benchmarks need the peer (TRL) too; it never becomes a dependency of the package
+.bench-venv/.installed: pyproject.toml
+	$(PYTHON) -m venv .bench-venv
+	.bench-venv/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	.bench-venv/bin/python -m pip install --quiet -e . trl
+	touch $@
+
+bench-env: .bench-venv/.installed
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,65 @@
+"""Shared set-up of the side-by-side benchmarks: one model, one data set, one thread count.
+
+The peer (TRL) is installed in the benchmark environment only:
+
+    python -m venv .bench-venv && .bench-venv/bin/pip install torch==2.13.0
+    .bench-venv/bin/pip install -e . trl
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from posttrain.config import ArithmeticConfig, TinyModelConfig
+from posttrain.models.tiny import build_tiny
+from posttrain.tasks.arithmetic import ArithmeticTask
+
+# the quickstart's task and model (recipes/quickstart.yaml)
+TASK = ArithmeticConfig(num_operands=4, digits=1, operators="+-", direct_fraction=0.5)
+MODEL = TinyModelConfig()
+
+
+def model_dir(root: Path) -> Path:
+    path = root / "model"
+    if not (path / "config.json").is_file():
+        build_tiny(MODEL, path, seed=0)
+    return path
+
+
+def demonstrations(n: int) -> list[dict[str, str]]:
+    return [{"prompt": str(e.prompt), "completion": str(e.completion)}
+            for e in ArithmeticTask(TASK).examples("train", n, seed=0)]  # fmt: skip
+
+
+def versions() -> str:
+    import transformers
+
+    out = f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}"
+    try:
+        import trl
+
+        out += f", trl {trl.__version__}"
+    except ImportError:
+        pass
+    return out
+
+
+def alternate(commands: dict[str, list[str]], rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Run each engine's command in turn, ``rounds`` times; each prints one JSON line last."""
+    import json
+
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, cmd in commands.items():
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+            results[name].append(json.loads(out[-1]))
+    return results
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
