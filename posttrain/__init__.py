@@ -24,6 +24,11 @@ _API = {
     "evaluate_model": "posttrain.recipes.evaluate",
     "run_generate": "posttrain.recipes.generate",
     "run_pipeline": "posttrain.recipes.pipeline",
+    "run_predict": "posttrain.recipes.predict",
+    "run_predict_rl": "posttrain.recipes.predict_rl",
+    "train_dpo": "posttrain.recipes.dpo",
+    "train_rm": "posttrain.recipes.rm",
+    "run_compare": "posttrain.recipes.compare",
 }
 
 __all__ = sorted(_API)

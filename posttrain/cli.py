@@ -5,6 +5,11 @@
     posttrain grpo     [--config F] [--resume] [key=value ...]
     posttrain eval     [--config F] [key=value ...]
     posttrain generate [--config F] [--prompt TEXT ...] [key=value ...]
+    posttrain predict  [--config F] eval.models='{a: DIR, b: DIR}' [key=value ...]   rank SFT checkpoints for RL
+    posttrain predict-rl --config F [--resume] [key=value ...]   SFT variants -> GRPO: which predictor was right
+    posttrain dpo      [--config F] [--resume] [key=value ...]   offline; online with a rollout section
+    posttrain rm       [--config F] [--resume] [key=value ...]   Bradley-Terry reward model
+    posttrain compare  --config F [--resume] [key=value ...]     DPO (offline..online) vs GRPO, over seeds
 
 Every bad input the user controls ends in one line naming file, line and field,
 and exit status 2.
@@ -36,18 +41,25 @@ def parser() -> argparse.ArgumentParser:
     helps = {
         "run": "the whole pipeline: SFT, GRPO, evaluation of both, report",
         "sft": "supervised fine-tuning on demonstrations",
-        "grpo": "GRPO with the task's verifier as reward",
+        "grpo": "GRPO with the task's verifier (or a reward model) as reward",
         "eval": "pass@k, maj@k, greedy accuracy and held-out loss of one or more models",
         "generate": "sample completions for prompts",
+        "predict": "rank SFT checkpoints by predicted post-RL performance (held-out loss, pass@large-k)",
+        "predict-rl": "train SFT variants, run the same GRPO from each, and measure which predictor was right",
+        "dpo": "DPO and its variants: offline on preference pairs, online/semi-online with a rollout section",
+        "rm": "a Bradley-Terry reward model from preference pairs",
+        "compare": "offline, semi-online and online DPO against GRPO at one sampling budget, over seeds",
     }
     for name, text in helps.items():
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("--config", "-c", help="YAML config (default for run: recipes/quickstart.yaml)")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
-        if name in ("run", "sft", "grpo"):
+        if name in ("run", "sft", "grpo", "dpo", "rm", "compare"):
             s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
         if name == "generate":
             s.add_argument("--prompt", action="append", help="a prompt (repeatable); default: test problems")
+        if name == "predict-rl":
+            s.add_argument("--resume", action="store_true", help="skip SFT and GRPO stages that finished")
     return p
 
 
@@ -61,6 +73,22 @@ def dispatch(args: argparse.Namespace) -> int:
         from posttrain.recipes.pipeline import run_pipeline
 
         run_pipeline(config, args.overrides, resume=args.resume)
+        return 0
+    if args.command == "compare":
+        from posttrain.recipes.compare import run_compare
+
+        run_compare(config, args.overrides, resume=args.resume)
+        return 0
+    if args.command == "predict-rl":
+        from posttrain.recipes.predict_rl import run_predict_rl
+
+        run_predict_rl(config, args.overrides, resume=args.resume)
+        return 0
+    if args.command == "predict":
+        from posttrain.recipes.predict import run_predict
+
+        # a predict-rl recipe's evaluation settings live in its eval stage
+        run_predict(load_config(config, args.overrides, stage="eval"))
         return 0
     cfg = load_config(config, args.overrides, stage=args.command)
     if args.command == "sft":
@@ -79,6 +107,14 @@ def dispatch(args: argparse.Namespace) -> int:
         from posttrain.recipes.generate import run_generate
 
         run_generate(cfg, args.prompt)
+    elif args.command == "dpo":
+        from posttrain.recipes.dpo import train_dpo
+
+        train_dpo(cfg, resume=args.resume)
+    elif args.command == "rm":
+        from posttrain.recipes.rm import train_rm
+
+        train_rm(cfg, resume=args.resume)
     return 0
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ import yaml
 
 from posttrain.errors import ConfigError
 
-STAGES = ("sft", "grpo", "eval", "generate")
+STAGES = ("sft", "grpo", "eval", "generate", "dpo", "rm", "compare")
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,16 @@ class DataConfig:
     task: Literal["arithmetic", "jsonl"] = "arithmetic"
     path: str | None = None  # jsonl task: JSONL, Parquet or a datasets directory
     eval_path: str | None = None  # jsonl task: held-out file; default splits `path`
-    verifier: Literal["exact", "last_number", "math_verify"] = "last_number"
+    # jsonl task: the row shape, and the answer checker (auto: plain, gsm8k -> last_number,
+    # math -> math_verify, mc -> choice); see posttrain/tasks/formats.py
+    format: Literal["plain", "gsm8k", "math", "mc"] = "plain"
+    verifier: Literal["auto", "exact", "last_number", "math_verify", "choice"] = "auto"
     num_train: int = 20000  # demonstrations generated for SFT (arithmetic task)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    # SFT data selection (defaults keep every demonstration)
+    train_fraction: float = 1.0  # share of the demonstrations used: a seeded subset
+    min_demo_tokens: int = 0  # drop demonstrations whose completion is shorter
+    max_demo_tokens: int = 0  # drop demonstrations whose completion is longer; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints; 0 saves only at the end
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
     log_every: int = 1
+    epochs: float = 0.0  # SFT: > 0 sets max_steps to this many passes over the demonstrations
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,45 @@ class GRPOConfig:
     drop_uniform_groups: bool = True
     overlong: Literal["mask", "penalty", "none"] = "mask"
     overlong_reward: float = 0.0  # reward given to truncated completions with overlong=penalty
+    reward: Literal["verifier", "reward_model"] = "verifier"  # what scores each completion
+    reward_model_path: str | None = None  # grpo.reward=reward_model: a directory saved by `posttrain rm`
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """The preference loss (``posttrain.algorithms.dpo``) of `posttrain dpo`."""
+
+    loss: Literal["sigmoid", "cdpo", "ipo", "simpo", "rpo"] = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # cdpo: assumed share of flipped preference labels, in [0, 0.5)
+    simpo_gamma: float = 0.5  # simpo: target reward margin gamma
+    nll_coef: float = 1.0  # rpo: weight of the chosen response's per-token NLL
+    cache_reference: bool = True  # offline: reference logprobs computed once, cached on disk
+    cache_dir: str | None = None  # where the cache lives; default output_dir/ref_cache
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Online and semi-online DPO: `posttrain dpo` samples its own pairs when this section is set."""
+
+    prompts_per_step: int = 16  # task prompts sampled per optimiser step
+    samples_per_prompt: int = 8  # responses per prompt, from which pairs are built
+    sync_every: int = 1  # optimiser steps between generator syncs; 1 online, 0 never (offline)
+    reference: Literal["fixed", "synced"] = "fixed"  # the initial policy, or the generator's weights
+    pairs: Literal["random", "best_worst", "group"] = "random"  # posttrain.algorithms.pairs
+    scorer: Literal["verifier", "reward_model"] = "verifier"
+    reward_model_path: str | None = None  # scorer=reward_model: a directory saved by `posttrain rm`
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """`posttrain compare`: several methods from one SFT checkpoint at equal sampling budgets."""
+
+    seeds: int = 3  # runs per method, with seeds seed, seed+1, ...
+    sampled_responses: int = 4096  # training responses each run samples (per method and seed)
+    eval_points: int = 4  # held-out evaluations along each run, for the accuracy curve
+    sft_path: str | None = None  # start from this checkpoint instead of training stages.sft
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {recipe: dpo|grpo, overlay}
 
 
 @dataclass(frozen=True)
@@ -127,6 +175,22 @@ class EvalConfig:
     heldout_demos: int = 200  # demonstrations for held-out NLL; 0 skips it
     batch_size: int = 256  # sequences per generation batch
     models: dict[str, str] = field(default_factory=dict)  # name -> directory (posttrain eval)
+    # samples are drawn in seeded chunks of this many per problem, so a larger n reuses the cached ones
+    chunk_size: int = 8
+    cache: bool = True  # reuse samples and scores cached by (weights hash, problems, sampling settings)
+    cache_dir: str | None = None  # default: output_dir/eval_cache
+    check_timeout_s: float = 10.0  # per answer check run in a worker process (math_verify)
+    check_workers: int = 2  # worker processes for those checks
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """`posttrain predict` and `posttrain predict-rl`: which SFT checkpoint will win after RL."""
+
+    large_k: int = 0  # k of the pass@k predictor; 0: the largest power of two <= eval.samples_per_problem
+    # predict-rl: SFT variants of one base model, name -> dotted overrides of the SFT stage
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rl_samples_per_problem: int = 16  # predict-rl: samples per problem for post-RL pass@1
 
 
 @dataclass(frozen=True)
@@ -142,6 +206,10 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    rollout: RolloutConfig | None = None  # set: online/semi-online DPO; unset: DPO on data.path
+    compare: CompareConfig = field(default_factory=CompareConfig)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -416,3 +484,68 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
         "data.path",
         "the jsonl task needs data.path",
     )
+    _validate_eval_and_sft_data(cfg, need)
+    need(
+        g.reward != "reward_model" or g.reward_model_path is not None,
+        "grpo.reward_model_path",
+        "grpo.reward=reward_model needs a reward model directory",
+    )
+    _validate_preferences(cfg, src, need)
+
+
+def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, str], None]) -> None:
+    d, r, c = cfg.dpo, cfg.rollout, cfg.compare
+    need(d.beta > 0, "dpo.beta", "must be > 0")
+    need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
+    need(d.nll_coef >= 0, "dpo.nll_coef", "must be >= 0")
+    if r is not None:
+        need(r.prompts_per_step > 0, "rollout.prompts_per_step", "must be > 0")
+        need(r.samples_per_prompt >= 2, "rollout.samples_per_prompt", "needs at least 2 samples to form a pair")
+        need(r.sync_every >= 0, "rollout.sync_every", "must be >= 0 (0 never syncs: offline)")
+        need(
+            r.scorer != "reward_model" or r.reward_model_path is not None,
+            "rollout.reward_model_path",
+            "rollout.scorer=reward_model needs a reward model directory",
+        )
+    need(c.seeds > 0, "compare.seeds", "must be > 0")
+    need(c.sampled_responses > 0, "compare.sampled_responses", "must be > 0")
+    need(c.eval_points > 0, "compare.eval_points", "must be > 0")
+    for name, overlay in c.methods.items():
+        where = f"compare.methods.{name}"
+        recipe = overlay.get("recipe") if isinstance(overlay, dict) else None
+        need(recipe in ("dpo", "grpo"), f"{where}.recipe", "each method needs recipe: dpo or recipe: grpo")
+        build(Config, {k: v for k, v in overlay.items() if k != "recipe"}, where, src)  # keys and types
+
+
+def apply_overlay(cfg: Config, overlay: dict[str, Any]) -> Config:
+    """``cfg`` with the nested mapping ``overlay`` merged over it, checked like a config file."""
+    out = build(Config, _merge(to_dict(cfg), overlay), "", _Source())
+    validate(out)
+    return out
+
+
+def _validate_eval_and_sft_data(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    d, e, p = cfg.data, cfg.eval, cfg.predict
+    need(0 < d.train_fraction <= 1, "data.train_fraction", "must be in (0, 1]")
+    need(d.min_demo_tokens >= 0, "data.min_demo_tokens", "must be >= 0")
+    need(d.max_demo_tokens >= 0, "data.max_demo_tokens", "must be >= 0 (0: no limit)")
+    need(
+        d.max_demo_tokens == 0 or d.max_demo_tokens >= d.min_demo_tokens,
+        "data.max_demo_tokens",
+        f"must be >= data.min_demo_tokens ({d.min_demo_tokens}) or 0",
+    )
+    need(cfg.train.epochs >= 0, "train.epochs", "must be >= 0 (0: train.max_steps decides)")
+    need(e.chunk_size > 0, "eval.chunk_size", "must be > 0")
+    need(e.check_timeout_s > 0, "eval.check_timeout_s", "must be > 0")
+    need(e.check_workers > 0, "eval.check_workers", "must be > 0")
+    need(
+        p.large_k >= 0 and p.large_k & (p.large_k - 1) == 0,
+        "predict.large_k",
+        "must be a power of two, the k that pass@k is reported at (0: the largest <= eval.samples_per_problem)",
+    )
+    need(
+        p.large_k <= e.samples_per_problem,
+        "predict.large_k",
+        f"must be <= eval.samples_per_problem ({e.samples_per_problem}): pass@k needs k <= n",
+    )
+    need(p.rl_samples_per_problem > 0, "predict.rl_samples_per_problem", "must be > 0")

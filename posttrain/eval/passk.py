@@ -146,6 +146,14 @@ def maj_at_k(samples: list[list[tuple[str | None, bool]]], k: int, draws: int = 
     >>> maj_at_k([[("4", True), ("5", False)]], k=2)  # one tie, half of it right
     0.5
     """
+    per_problem = maj_at_k_per_problem(samples, k, draws, seed)
+    return sum(per_problem) / len(per_problem)
+
+
+def maj_at_k_per_problem(
+    samples: list[list[tuple[str | None, bool]]], k: int, draws: int = 200, seed: int = 0
+) -> list[float]:
+    """maj@k of each problem (what ``maj_at_k`` averages), for bootstrap intervals over problems."""
     if not samples:
         raise ValueError("maj@k over no problems is undefined")
     if k < 1:
@@ -153,23 +161,30 @@ def maj_at_k(samples: list[list[tuple[str | None, bool]]], k: int, draws: int = 
     if draws < 1:
         raise ValueError(f"maj@k needs draws >= 1, got draws={draws}")
     rng = np.random.default_rng(seed)
-    total = 0.0
+    out: list[float] = []
     for p, problem in enumerate(samples):
         if k > len(problem):
             raise ValueError(f"problem {p}: maj@k needs k <= n, got k={k} > n={len(problem)}")
         answer_ids, correct = _encode_problem(problem)
         drawn = answer_ids[_subsets(len(problem), k, draws, rng)]
-        total += float(_vote_scores(drawn, correct).mean())
-    return total / len(samples)
+        out.append(float(_vote_scores(drawn, correct).mean()))
+    return out
 
 
 def bootstrap_ci(
-    per_problem: list[float], iters: int = 1000, seed: int = 0, level: float = 0.95
+    per_problem: list[float],
+    iters: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    weights: list[float] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of per-problem scores.
 
     Problems are the unit resampled, since samples of one problem are not
-    independent of each other.
+    independent of each other. With ``weights`` the statistic is the weighted
+    mean ``sum(w x) / sum(w)`` of each resample: a per-token loss is a ratio of
+    per-example sums (``per_problem`` = mean NLL of an example, ``weights`` = its
+    token count), and resampling examples keeps each example's tokens together.
     """
     if not per_problem:
         raise ValueError("a bootstrap interval over no problems is undefined")
@@ -177,14 +192,22 @@ def bootstrap_ci(
         raise ValueError(f"bootstrap needs iters >= 1, got iters={iters}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must be strictly between 0 and 1, got level={level}")
+    if weights is not None and (len(weights) != len(per_problem) or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError("bootstrap weights must be non-negative, one per value, and not all zero")
     values = np.asarray(per_problem, dtype=np.float64)
+    w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
     m = len(values)
     rng = np.random.default_rng(seed)
     rows = max(1, _BOOTSTRAP_CHUNK // m)
     means = np.empty(iters)
     for start in range(0, iters, rows):
         stop = min(iters, start + rows)
-        means[start:stop] = values[rng.integers(0, m, size=(stop - start, m))].mean(axis=1)
+        idx = rng.integers(0, m, size=(stop - start, m))
+        if weights is None:
+            means[start:stop] = values[idx].mean(axis=1)
+        else:
+            # a resample whose weights are all zero has no mean; it cannot happen when every weight is > 0
+            means[start:stop] = (values[idx] * w[idx]).sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1e-300)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)

@@ -182,6 +182,9 @@ def _size_cell(r: dict[str, Any]) -> str:
     problems, samples = r.get("num_problems"), r.get("samples_per_problem")
     if problems is None and samples is None:
         return DASH
+    scored = r.get("num_scored_problems")
+    if scored is not None and problems is not None and scored != problems:
+        problems = f"{scored}/{problems}"  # some problems' checks did not finish
     return f"{problems if problems is not None else '?'} × {samples if samples is not None else '?'}"
 
 
@@ -229,6 +232,39 @@ def _estimation_note(results: dict[str, dict[str, Any]]) -> str:
         "an answer do not vote and ties are split evenly among the tied answers. Greedy accuracy is one "
         "greedy (temperature 0) completion per problem."
     )
+
+
+def check_failures_note(results: dict[str, dict[str, Any]]) -> str | None:
+    """Which checkpoints have problems left unscored by checks that timed out or raised; None if none."""
+    lines = []
+    for name, r in results.items():
+        unscored = r.get("num_unscored_problems") or 0
+        if not unscored:
+            continue
+        ids = ", ".join(str(u.get("id")) for u in (r.get("unscored_problems") or [])[:5])
+        lines.append(
+            f"- {_cell(name)}: {unscored} of {r.get('num_problems', '?')} problems unscored "
+            f"({r.get('check_timeouts', 0)} checks timed out, {r.get('check_errors', 0)} raised, "
+            f"{r.get('checks_skipped', 0)} skipped after those); e.g. {ids}"
+        )
+    if not lines:
+        return None
+    head = (
+        "Answer checks that did not finish are not scores: a problem with a check that timed out or raised "
+        "is left out of pass@k, maj@k and greedy accuracy (listed in eval.json under unscored_problems)."
+    )
+    return "\n".join([head, *lines])
+
+
+def format_eval_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """``eval.md``: the comparison table, how its numbers were estimated, and any unscored problems."""
+    parts = [format_summary_table(results)]
+    if results:
+        parts.append(_estimation_note(results))
+    note = check_failures_note(results)
+    if note:
+        parts.append(note)
+    return "\n\n".join(parts)
 
 
 def _pass1_changes(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -287,6 +323,9 @@ def write_report(
     parts = [f"# {title}", "## Evaluation", format_summary_table(results)]
     if results:
         parts += [_estimation_note(results), "### Change in pass@1", "\n".join(_pass1_changes(results))]
+    note = check_failures_note(results)
+    if note:
+        parts.append(note)
     parts += [
         "## Training",
         _stage_summary(metrics),
@@ -304,3 +343,36 @@ def write_report(
     tmp.write_text("\n\n".join(parts) + "\n")
     tmp.replace(path)
     return path
+
+
+def plot_predictors(
+    panels: dict[str, tuple[dict[str, float], float | None]],
+    target: dict[str, float],
+    path: Path,
+    log_reversed: tuple[str, ...] = (),
+) -> bool:
+    """One scatter per predictor: its post-SFT value against post-RL pass@1, a point per checkpoint.
+
+    Panels named in ``log_reversed`` (a loss) get a log x axis running from high to
+    low, so that better is to the right in every panel and one bad outlier does not
+    squash the rest.
+    """
+    if not panels:
+        return _skip(path)
+    fig = Figure(figsize=(4.2 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, (values, rho)) in zip(axes, panels.items()):
+        names = [n for n in values if n in target]
+        xs, ys = [values[n] for n in names], [target[n] for n in names]
+        ax.scatter(xs, ys)
+        for name, x, y in zip(names, xs, ys):
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        if label in log_reversed and min(xs, default=0) > 0:
+            ax.set_xscale("log")
+            ax.invert_xaxis()
+        ax.set_ylabel("post-RL pass@1")
+        ax.set_title(f"Spearman rho = {_fmt(rho, 2)}")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True

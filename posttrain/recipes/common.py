@@ -50,7 +50,7 @@ def make_task(data: DataConfig) -> Task:
     from posttrain.tasks.jsonl import JsonlTask
 
     assert data.path is not None  # checked by config validation
-    return JsonlTask(data.path, verifier=data.verifier, eval_path=data.eval_path)
+    return JsonlTask(data.path, verifier=data.verifier, eval_path=data.eval_path, format=data.format)
 
 
 def train_examples_count(data: DataConfig) -> int | None:

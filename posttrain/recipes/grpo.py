@@ -6,8 +6,9 @@ One iteration (``train.max_steps`` of them):
    iteration, so resume needs no data-loader state);
 2. sample ``grpo.samples_per_prompt`` completions of each with the batched
    sampler, which records each token's logprob: these are the old logprobs;
-3. reward = the verifier's score; truncated completions are masked, penalised or
-   kept (``grpo.overlong``); advantages = reward minus group mean (/ std);
+3. reward = the verifier's score (or a reward model's: ``grpo.reward``); truncated
+   completions are masked, penalised or kept (``grpo.overlong``); advantages =
+   reward minus group mean (/ std);
    groups with equal rewards are dropped (``grpo.drop_uniform_groups``);
 4. ``grpo.updates_per_batch`` passes of ``grpo.minibatches`` optimiser steps
    each over the kept rollouts, with the clipped surrogate of
@@ -36,6 +37,7 @@ from posttrain.data.batch import TokenBatch, collate, per_token
 from posttrain.data.tokenize import check_length, encode_prompt
 from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
 from posttrain.recipes.common import derive_seed, make_task, model_dir, setup
+from posttrain.rewards.scorers import REWARDS, RewardFn, verifier_reward
 from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.base import Example, Task
@@ -62,12 +64,14 @@ def sample_rollouts(
     prompts: list[list[int]],
     cfg: GRPOConfig,
     sampling: SamplingParams,
+    reward_fn: RewardFn | None = None,
 ) -> Rollouts:
+    """Sample G completions per prompt; reward = ``reward_fn`` (default: the task's verifier)."""
     G = cfg.samples_per_prompt
     completions = engine.generate([p for p in prompts for _ in range(G)], sampling)
-    raw = torch.tensor(
-        [task.verify(examples[i // G], c.text) for i, c in enumerate(completions)], dtype=torch.float32
-    ).view(len(examples), G)
+    score = reward_fn or verifier_reward(task, None, "float32")
+    scores = score([examples[i // G] for i in range(len(completions))], [c.text for c in completions])
+    raw = torch.tensor(scores, dtype=torch.float32).view(len(examples), G)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions]).view(len(examples), G)
     rewards = raw.clone()
     if cfg.overlong == "penalty":
@@ -141,6 +145,7 @@ def train_grpo(cfg: Config, resume: bool = False) -> Path:
         ref = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()  # type: ignore[arg-type]
         ref.requires_grad_(False)
     task = make_task(cfg.data)
+    reward_fn = REWARDS[g.reward](task, g.reward_model_path, cfg.model.dtype)
     engine = TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
     total_updates = cfg.train.max_steps * g.updates_per_batch * g.minibatches
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
@@ -152,7 +157,9 @@ def train_grpo(cfg: Config, resume: bool = False) -> Path:
     with progress() as bar:
         task_id = bar.add_task("grpo", total=cfg.train.max_steps, completed=start, info="")
         for it in range(start, cfg.train.max_steps):
-            last = grpo_iteration(cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer)
+            last = grpo_iteration(
+                cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer, reward_fn
+            )
             bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}")
             if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
                 save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler)
@@ -176,6 +183,7 @@ def grpo_iteration(
     ctx: int | None,
     pad: int,
     writer: MetricsWriter,
+    reward_fn: RewardFn | None = None,
 ) -> dict[str, float]:
     g, s = cfg.grpo, cfg.sampling
     t0 = time.perf_counter()
@@ -185,7 +193,7 @@ def grpo_iteration(
         check_length(ex, len(p), s.max_new_tokens, ctx)
     sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, it, 3))
     with precision(model.device, cfg.train.mixed_precision):
-        ro = sample_rollouts(engine, task, examples, prompts, g, sampling)
+        ro = sample_rollouts(engine, task, examples, prompts, g, sampling, reward_fn)
     gen_seconds = time.perf_counter() - t0
     gen_tokens = sum(len(c.completion_ids) for c in ro.completions)
     batch, dropped = rollout_batch(ro, g, s.max_new_tokens, pad)

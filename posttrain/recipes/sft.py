@@ -9,6 +9,8 @@ step number, so resume needs no sampler state and repeats or skips nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import torch
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.sft import sft_loss
 from posttrain.algorithms.types import LossOutput
-from posttrain.config import Config
+from posttrain.config import Config, DataConfig, TrainConfig
 from posttrain.data.batch import TokenBatch, collate, length_buckets
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import DataError
@@ -44,7 +46,37 @@ def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[tup
             file=cfg.data.path or cfg.data.task,
             field="completion",
         )
-    return [encode_example(tokenizer, ex, max_len) for ex in demos]
+    encoded = [encode_example(tokenizer, ex, max_len) for ex in demos]
+    return select_demonstrations(encoded, cfg.data, cfg.seed, cfg.data.path or cfg.data.task)
+
+
+def select_demonstrations(
+    pairs: list[tuple[list[int], list[int]]], data: DataConfig, seed: int, label: str
+) -> list[tuple[list[int], list[int]]]:
+    """The demonstrations SFT trains on: a completion-length filter, then a seeded ``train_fraction`` subset.
+
+    Lengths count completion tokens including the end-of-sequence token. The
+    subset keeps file order, so 2 epochs on half the data and 1 epoch on all of
+    it see the same kind of rows.
+    """
+    lo, hi = data.min_demo_tokens, data.max_demo_tokens
+    kept = [p for p in pairs if len(p[1]) >= lo and (hi == 0 or len(p[1]) <= hi)]
+    if not kept:
+        raise DataError(
+            f"none of {len(pairs)} demonstrations has a completion of {lo} to {hi or 'any number of'} tokens",
+            file=label,
+            field="data.max_demo_tokens" if hi else "data.min_demo_tokens",
+        )
+    if data.train_fraction < 1:
+        m = max(1, round(len(kept) * data.train_fraction))
+        chosen = sorted(random.Random(derive_seed(seed, 5)).sample(range(len(kept)), m))
+        kept = [kept[i] for i in chosen]
+    return kept
+
+
+def sft_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps: ``train.epochs`` passes over the data when set, else ``train.max_steps``."""
+    return max(1, round(train.epochs * steps_per_epoch)) if train.epochs > 0 else train.max_steps
 
 
 def train_sft(cfg: Config, resume: bool = False) -> Path:
@@ -67,6 +99,9 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
             file=cfg.data.path or cfg.data.task,
             field="train.batch_size",
         )
+    # train.epochs fixes the number of steps only now that the data size is known
+    steps = sft_steps(cfg.train, steps_per_epoch)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
     start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)

@@ -7,6 +7,9 @@ serves SFT, GRPO and evaluation::
     {"prompt": "...", "completion": "...", ...}        # SFT: a demonstration (+ optional "answer")
     {"messages": [{"role": ..., "content": ...}, ...]}  # SFT, chat: the last message is the reply
 
+Those are ``data.format: plain``; the shapes of common benchmarks (GSM8K, MATH,
+multiple choice) are read by ``posttrain.tasks.formats``.
+
 Rows are read and checked once, when the task is built, so a bad row stops a run
 before any training with one line naming its file, line and field. When no held-out
 file is given, the test split is chosen by a stable hash of each prompt: disjoint
@@ -160,13 +163,25 @@ def _answer(row: dict[str, Any]) -> str | None:
 def _messages(row: dict[str, Any]) -> tuple[list[Message], str]:
     """(prompt messages, assistant reply) of a ``messages`` row."""
     value = row["messages"]
-    if not isinstance(value, list):
-        raise _RowError("messages", f"expected a list of {{role, content}} objects, got {_type_name(value)}")
-    if len(value) < 2:
+    if isinstance(value, list) and len(value) < 2:
         raise _RowError("messages", "expected at least one message before the assistant's reply")
+    messages = _message_list(value, "messages")
+    last = messages[-1]["role"]
+    if last != "assistant":
+        where = f"messages[{len(messages) - 1}].role"
+        raise _RowError(where, f"the last message must be the assistant's reply, got role {last!r}")
+    return messages[:-1], messages[-1]["content"]
+
+
+def _message_list(value: Any, name: str) -> list[Message]:
+    """``value`` checked as a non-empty list of ``{role, content}`` strings; errors name ``name[i].field``."""
+    if not isinstance(value, list):
+        raise _RowError(name, f"expected a list of {{role, content}} objects, got {_type_name(value)}")
+    if not value:
+        raise _RowError(name, "expected at least one message")
     messages: list[Message] = []
     for i, message in enumerate(value):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(message, dict):
             raise _RowError(where, f"expected a {{role, content}} object, got {_type_name(message)}")
         for key in ("role", "content"):
@@ -175,11 +190,7 @@ def _messages(row: dict[str, Any]) -> tuple[list[Message], str]:
             if not isinstance(message[key], str):
                 raise _RowError(f"{where}.{key}", f"expected a string, got {_type_name(message[key])}")
         messages.append({"role": message["role"], "content": message["content"]})
-    last = messages[-1]["role"]
-    if last != "assistant":
-        where = f"messages[{len(messages) - 1}].role"
-        raise _RowError(where, f"the last message must be the assistant's reply, got role {last!r}")
-    return messages[:-1], messages[-1]["content"]
+    return messages
 
 
 def _parse_row(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str | None]:
@@ -209,11 +220,11 @@ def _parse_row(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str | 
     return prompt, answer, completion
 
 
-def _examples(rows: _Rows, verifier: Verifier) -> list[Example]:
+def _examples(rows: _Rows, verifier: Verifier, parse: Any = _parse_row) -> list[Example]:
     out: list[Example] = []
     for line, row in rows.rows:
         try:
-            prompt, answer, completion = _parse_row(row, verifier)
+            prompt, answer, completion = parse(row, verifier)
         except _RowError as e:
             raise DataError(e.message, file=rows.label, line=line, field=e.field) from None
         out.append(
@@ -242,28 +253,34 @@ class JsonlTask:
     def __init__(
         self,
         path: str,
-        verifier: str = "last_number",
+        verifier: str = "auto",  # auto: the format's own checker (plain: last_number)
         eval_path: str | None = None,
         test_fraction: float = 0.1,
+        format: str = "plain",
     ) -> None:
+        # benchmark row shapes (gsm8k, math, mc) live in formats.py, which builds on this module
+        from posttrain.tasks.formats import resolve_verifier, row_parser
+
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.path = str(path)
         self.eval_path = None if eval_path is None else str(eval_path)
-        self.verifier = get_verifier(verifier)
+        self.format = format
+        self._parse = row_parser(format)
+        self.verifier = get_verifier(resolve_verifier(verifier, format))
         self.test_fraction = test_fraction
         self._splits = self._load()
 
     def _load(self) -> dict[Split, list[Example]]:
         data = _read(self.path)
-        train = _examples(data["train"], self.verifier)
+        train = _examples(data["train"], self.verifier, self._parse)
         if self.eval_path is not None:
             # a held-out DatasetDict contributes its test split when it has one
             held_out = _read(self.eval_path)
-            test = _examples(held_out.get("test", held_out["train"]), self.verifier)
+            test = _examples(held_out.get("test", held_out["train"]), self.verifier, self._parse)
             return {"train": train, "test": test}
         if "test" in data:
-            return {"train": train, "test": _examples(data["test"], self.verifier)}
+            return {"train": train, "test": _examples(data["test"], self.verifier, self._parse)}
         is_test = [in_test_split(_prompt_text(ex.prompt), self.test_fraction) for ex in train]
         return {
             "train": [ex for ex, t in zip(train, is_test) if not t],

@@ -10,6 +10,14 @@ one function pair and one dict entry.
 - ``last_number``: the last number in the completion equals the gold's, numerically.
 - ``math_verify``: Hugging Face ``math_verify`` (LaTeX, fractions, ``\\boxed{}``,
   sets, equations), called gold first because its comparison is not symmetric.
+- ``choice``: the letter of a multiple-choice answer (``(B)``, ``Answer: B``,
+  ``\\boxed{B}``, or a reply that is just the letter).
+
+Each verifier also has a ``judge(gold, text) -> (answer, score)`` for evaluation:
+unlike ``check``, which a reward calls and which must never raise, ``judge`` lets
+an internal failure raise, so an evaluation can count it instead of scoring 0.
+``isolate`` marks verifiers that can run for unbounded time (sympy): evaluation
+runs their judge in worker processes with a deadline (``posttrain.eval.checking``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,15 @@ from posttrain.errors import ConfigError
 class Verifier:
     name: str
     extract: Callable[[str], str | None]  # the normalised final answer in a completion
-    check: Callable[[str, str], float]  # (gold, completion) -> 1.0 or 0.0
+    check: Callable[[str, str], float]  # (gold, completion) -> 1.0 or 0.0; never raises
+    judge: Callable[[str, str], tuple[str | None, float]] | None = None  # (answer, score); may raise
+    isolate: bool = False  # may hang: evaluate in a worker process with a deadline
+
+    def judged(self, gold: str, text: str) -> tuple[str | None, float]:
+        """(extracted answer, score); internal errors propagate."""
+        if self.judge is not None:
+            return self.judge(gold, text)
+        return self.extract(text), self.check(gold, text)
 
 
 # --- exact -----------------------------------------------------------------------
@@ -115,7 +131,8 @@ def _parse_gold(gold: str) -> tuple[Any, ...]:
     # Gold answers are usually bare LaTeX (MATH's "2\sqrt{2}"), which math_verify
     # reads in full only inside math delimiters: bare, "2\sqrt{2}" parses as 2 and
     # "\frac{3}{4}" not at all. Plain text and numbers parse the same either way.
-    if not any(d in gold for d in _MATH_DELIMITERS):
+    # an escaped dollar ("\\$12", MATH's currency answers) is text, not a math delimiter
+    if not any(d in gold.replace("\\$", "") for d in _MATH_DELIMITERS):
         wrapped = _parse(f"${gold}$")
         if wrapped:
             return tuple(wrapped)
@@ -145,13 +162,63 @@ def math_verify_check(gold: str, text: str) -> float:
         return 0.0
 
 
+def math_verify_judge(gold: str, text: str) -> tuple[str | None, float]:
+    """(answer, score) like ``math_verify_check``, but failures raise instead of scoring 0.
+
+    math_verify swallows its own errors unless asked (``raise_on_error``); a gold
+    answer that does not parse is a data problem, not a wrong completion.
+    """
+    from math_verify import parse, verify
+
+    gold_parsed = list(_parse_gold(gold))
+    if not gold_parsed:
+        raise ValueError(f"the gold answer {gold!r} does not parse as mathematics")
+    pred = list(parse(text, parsing_timeout=None, raise_on_error=True))  # type: ignore[arg-type]
+    if not pred:
+        return None, 0.0
+    return str(pred[0]), float(verify(gold_parsed, pred, timeout_seconds=None, raise_on_error=True))
+
+
+# --- choice ----------------------------------------------------------------------
+
+# Strongest signal first: an explicit "answer" phrase or a box, then a reply that is
+# only the letter, then a parenthesised letter anywhere. A bare capital elsewhere is
+# too often the article "A" to count.
+_CHOICE_PATTERNS = (
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-Z])\)?\s*\}?\s*\}"),
+    re.compile(r"(?i:answer(?:\s+is)?)\s*[:\-]?\s*\(?([A-Z])\b\)?"),
+    re.compile(r"^\s*\(?([A-Z])\)?\s*[.):]?\s*$"),
+    re.compile(r"^\s*\(?([A-Z])[.)]\s"),
+    re.compile(r"\(([A-Z])\)"),
+)
+
+
+def choice_extract(text: str) -> str | None:
+    for pattern in _CHOICE_PATTERNS:
+        found = pattern.findall(text)
+        if found:
+            return str(found[-1])
+    return None
+
+
+def choice_check(gold: str, text: str) -> float:
+    want = gold.strip().strip("()").strip().upper()
+    return float(bool(want) and choice_extract(text) == want)
+
+
 # --- registry --------------------------------------------------------------------
 
 VERIFIERS: dict[str, Verifier] = {
     "exact": Verifier("exact", exact_extract, exact_check),
     "last_number": Verifier("last_number", last_number_extract, last_number_check),
-    "math_verify": Verifier("math_verify", math_verify_extract, math_verify_check),
+    "math_verify": Verifier("math_verify", math_verify_extract, math_verify_check, math_verify_judge, isolate=True),
+    "choice": Verifier("choice", choice_extract, choice_check),
 }
+
+
+def judge(name: str, gold: str, text: str) -> tuple[str | None, float]:
+    """``VERIFIERS[name].judged``: a top-level function, so a worker process can be sent it."""
+    return VERIFIERS[name].judged(gold, text)
 
 
 def get_verifier(name: str) -> Verifier:

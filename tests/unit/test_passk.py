@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from posttrain.eval.passk import bootstrap_ci, maj_at_k, mean_pass_at_k, pass_at_k, powers_of_two
+from posttrain.eval.passk import bootstrap_ci, maj_at_k, maj_at_k_per_problem, mean_pass_at_k, pass_at_k, powers_of_two
 
 
 def closed_form(n: int, c: int, k: int) -> float:
@@ -162,3 +162,54 @@ def test_bootstrap_ci_is_seeded_and_degenerate_for_constant_scores() -> None:
         bootstrap_ci([])
     with pytest.raises(ValueError):
         bootstrap_ci(values, level=1.0)
+
+
+def test_pass_at_k_closed_form_at_the_edges_on_random_n_and_k() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 300)
+        k = rng.randint(1, n)
+        assert pass_at_k(n, 0, k) == closed_form(n, 0, k) == 0.0
+        assert pass_at_k(n, n, k) == closed_form(n, n, k) == 1.0
+        with pytest.raises(ValueError, match="k <= n"):
+            pass_at_k(n, rng.randint(0, n), n + rng.randint(1, 5))
+
+
+@pytest.mark.parametrize(
+    ("problem", "k", "expected"),
+    [
+        # two right and two wrong answers tied 2-2 at k = 4: the vote is right half the time
+        ([("a", True), ("a", True), ("b", False), ("b", False)], 4, 0.5),
+        # a 1-1-1-1 tie with one right answer among four
+        ([("a", True), ("b", False), ("c", False), ("d", False)], 4, 0.25),
+        # ties between two wrong answers score 0, not a half
+        ([("b", False), ("b", False), ("c", False), ("c", False)], 4, 0.0),
+        # unparsed samples never break or make a tie
+        ([("a", True), ("b", False), (None, False), (None, False)], 4, 0.5),
+        # k = 2 over a, a, b, b (a right): pairs {a,a} 1, {b,b} 0, four mixed pairs 1/2 -> 3/6
+        ([("a", True), ("a", True), ("b", False), ("b", False)], 2, 0.5),
+    ],
+)
+def test_maj_at_k_ties(problem: list[tuple[str | None, bool]], k: int, expected: float) -> None:
+    assert maj_at_k([problem], k=k) == pytest.approx(expected)
+
+
+def test_maj_at_k_per_problem_is_what_maj_at_k_averages() -> None:
+    rng = random.Random(3)
+    problems = [[(str(rng.randint(0, 2)), False) for _ in range(12)] for _ in range(5)]
+    problems = [[(a, a == "0") for a, _ in row] for row in problems]
+    per = maj_at_k_per_problem(problems, k=5, draws=300, seed=2)
+    assert len(per) == 5 and all(0.0 <= v <= 1.0 for v in per)
+    assert maj_at_k(problems, k=5, draws=300, seed=2) == sum(per) / len(per)
+
+
+def test_weighted_bootstrap_is_a_ratio_of_sums() -> None:
+    # per-example mean NLL 1.0 over 1 token and 3.0 over 99 tokens: the token mean is 2.98
+    lo, hi = bootstrap_ci([1.0, 3.0], weights=[1.0, 99.0], iters=2000, seed=0)
+    assert 1.0 <= lo <= 2.98 <= hi <= 3.0
+    assert bootstrap_ci([2.0, 2.0, 2.0], weights=[1.0, 5.0, 9.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="weights"):
+        bootstrap_ci([1.0, 2.0], weights=[1.0])
+    # unweighted results are unchanged by the weights option
+    values = [0.1, 0.5, 0.9, 0.2, 0.7]
+    assert bootstrap_ci(values, seed=4) == bootstrap_ci(values, seed=4, weights=None)

@@ -11,7 +11,12 @@ from posttrain.tasks.verifiers import VERIFIERS, Verifier, get_verifier
 
 
 def test_registry_names_match_config_choices() -> None:
-    assert set(VERIFIERS) == {"exact", "last_number", "math_verify"}
+    import typing
+
+    from posttrain.config import DataConfig
+
+    choices = set(typing.get_args(typing.get_type_hints(DataConfig)["verifier"]))
+    assert set(VERIFIERS) == {"exact", "last_number", "math_verify", "choice"} == choices - {"auto"}
     for name, verifier in VERIFIERS.items():
         assert isinstance(verifier, Verifier)
         assert verifier.name == name
@@ -157,6 +162,6 @@ def test_get_verifier_unknown_names_the_config_field() -> None:
         get_verifier("last_numbr")
     assert info.value.field == "data.verifier"
     assert str(info.value) == (
-        "data.verifier: unknown verifier 'last_numbr' (expected one of exact, last_number, math_verify); "
+        "data.verifier: unknown verifier 'last_numbr' (expected one of choice, exact, last_number, math_verify); "
         "did you mean 'last_number'?"
     )

@@ -1,0 +1,121 @@
+"""Wiring shared by the recipes that train on a file of preference pairs: offline DPO and the reward model.
+
+The data position is a pure function of the step (a seeded permutation per epoch,
+as in SFT), so resume from a checkpoint repeats and skips nothing. Each optimiser
+step takes ``train.batch_size`` pairs in micro-batches of ``train.micro_batch_size``
+pairs; the loop divides the summed loss by the step's number of pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from posttrain.algorithms.types import LossOutput
+from posttrain.config import Config
+from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches
+from posttrain.errors import ConfigError, DataError
+from posttrain.recipes.sft import epoch_order
+from posttrain.tasks.preferences import SHAPE, encode_pairs, load_preferences
+from posttrain.train.checkpoint import save_checkpoint
+from posttrain.train.loop import optimizer_step
+from posttrain.train.metrics import MetricsWriter, progress
+
+PairLossFn = Callable[[PairBatch], LossOutput]
+
+
+def load_pair_data(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, max_len: int | None, command: str
+) -> tuple[list[EncodedPair], list[EncodedPair]]:
+    """Encoded (train, held-out) pairs of ``data.path`` (and ``data.eval_path``)."""
+    path = cfg.data.path
+    if path is None:
+        raise ConfigError(
+            f"`posttrain {command}` trains on preference pairs: set data.path to a file of {SHAPE} rows",
+            file="command line",
+            field="data.path",
+        )
+    splits = load_preferences(path, cfg.data.eval_path)
+    train = encode_pairs(tokenizer, splits["train"], max_len, path)
+    test = [] if not splits["test"] else encode_pairs(tokenizer, splits["test"], max_len, cfg.data.eval_path or path)
+    return train, test
+
+
+def run_pair_steps(
+    cfg: Config,
+    stage: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: list[EncodedPair],
+    loss_fn: PairLossFn,
+    optimizer: Optimizer,
+    scheduler: LambdaLR,
+    start: int,
+    writer: MetricsWriter,
+    ref_logps: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Optimiser steps ``start`` .. ``train.max_steps`` over ``data``; checkpoints under output_dir."""
+    bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
+    steps_per_epoch = len(data) // bs
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"only {len(data)} training pairs, fewer than one batch of {bs}",
+            file=cfg.data.path,
+            field="train.batch_size",
+        )
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    stats: dict[str, float] = {}
+    with progress() as bar:
+        task_id = bar.add_task(stage, total=cfg.train.max_steps, completed=start, info="")
+        for step in range(start, cfg.train.max_steps):
+            epoch, k = divmod(step, steps_per_epoch)
+            rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
+            micro = pair_micro_batches(data, rows, mbs, pad, ref_logps)
+            t0 = time.perf_counter()
+            stats = optimizer_step(model, optimizer, scheduler, micro, loss_fn, float(len(rows)), cfg.train.grad_clip)
+            tokens = sum(mb.num_tokens for mb in micro)
+            record = {"stage": stage, "step": step + 1, "epoch": epoch, **stats, "tokens": tokens}
+            writer.write({**record, "tokens_per_s": tokens / (time.perf_counter() - t0)})
+            bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}")
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                save_checkpoint(cfg.out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler)
+    return stats
+
+
+@torch.no_grad()
+def heldout_metrics(
+    model: PreTrainedModel,
+    loss_fn: PairLossFn,
+    data: list[EncodedPair],
+    micro_batch_size: int,
+    pad_id: int,
+    ref_logps: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """The loss and every loss metric over all of ``data``, averaged exactly over pairs."""
+    was_training = model.training
+    model.eval()
+    loss, sums = 0.0, dict[str, list[float]]()
+    for mb in pair_micro_batches(data, list(range(len(data))), micro_batch_size, pad_id, ref_logps):
+        out = loss_fn(mb)
+        loss += float(out.loss_sum)
+        for key, (num, den) in out.metrics.items():
+            acc = sums.setdefault(key, [0.0, 0.0])
+            acc[0] += num
+            acc[1] += den
+    model.train(was_training)
+    return {"loss": loss / len(data), **{k: num / den for k, (num, den) in sums.items() if den > 0}}
+
+
+def write_heldout(out: Path, writer: MetricsWriter, stage: str, step: int, metrics: dict[str, Any]) -> None:
+    """Held-out metrics to ``heldout.json`` and, prefixed ``heldout_``, to metrics.jsonl."""
+    (out / "heldout.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    writer.write({"stage": stage, "step": step, **{f"heldout_{k}": v for k, v in metrics.items()}})

@@ -1,0 +1,251 @@
+"""A few real steps of offline and online DPO and of reward-model training on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import posttrain.recipes.dpo as dpo_recipe
+import posttrain.recipes.online_dpo as online
+from posttrain.config import ArithmeticConfig, load_config
+from posttrain.recipes.rm import train_rm
+from posttrain.rewards.scorers import REWARDS
+from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.tasks.arithmetic import ArithmeticTask
+from posttrain.train.metrics import read_metrics
+from tests.conftest import FAST
+from tests.integration.test_recipes import Crash, crash_after, weights
+
+LN2 = math.log(2.0)
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Arithmetic pairs: the worked solution against the same steps ending in a wrong answer."""
+    rng = random.Random(0)
+    rows = []
+    for ex in ArithmeticTask(ArithmeticConfig(num_operands=2, digits=1)).examples("train", 96, 0):
+        assert ex.completion is not None and ex.answer is not None
+        wrong = ex.completion.rsplit("#", 1)[0] + f"#{int(ex.answer) + rng.choice([-2, -1, 1, 2])}"
+        rows.append({"prompt": ex.prompt, "chosen": ex.completion, "rejected": wrong})
+    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cfg_for(tmp_path: Path, tiny_dir: Path, name: str, *extra: str):
+    return load_config(None, [*FAST, f"output_dir={tmp_path / name}", f"model.path={tiny_dir}", *extra])
+
+
+def losses(path: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(path / "metrics.jsonl") if r.get("loss") is not None]
+
+
+def test_offline_dpo_lowers_loss_and_caches_the_reference(
+    tmp_path: Path, tiny_dir: Path, prefs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = (f"data.path={prefs}", "train.max_steps=16", "optim.lr=3e-3", f"dpo.cache_dir={tmp_path / 'cache'}")
+    final = dpo_recipe.train_dpo(cfg_for(tmp_path, tiny_dir, "a", *extra))
+    first = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert first[0]["loss"] == pytest.approx(LN2, abs=1e-5)  # policy = reference at step 1
+    for key in ("stage", "step", "loss", "reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps"):
+        assert key in first[0], key
+    a = losses(tmp_path / "a")
+    assert sum(a[-4:]) / 4 < sum(a[:4]) / 4 - 0.01
+    assert (
+        first[-1]["heldout_reward_accuracy"]
+        == json.loads((tmp_path / "a" / "heldout.json").read_text())["reward_accuracy"]
+    )
+    before, after = weights(tiny_dir), weights(final)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # a second run on the same model and data reads the reference log-probs from the cache
+    assert len(list((tmp_path / "cache").glob("ref_logps-*.pt"))) == 2  # train and held-out pairs
+
+    def no_reference(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the reference was recomputed")
+
+    monkeypatch.setattr(dpo_recipe, "sequence_logps", no_reference)
+    dpo_recipe.train_dpo(cfg_for(tmp_path, tiny_dir, "b", *extra))
+    assert losses(tmp_path / "b") == pytest.approx(a, rel=1e-6)
+
+
+def test_offline_dpo_resume_equals_uninterrupted(
+    tmp_path: Path, tiny_dir: Path, prefs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = (f"data.path={prefs}", "train.max_steps=6", "train.save_every=2", "optim.lr=3e-3", "dpo.loss=ipo")
+    dpo_recipe.train_dpo(cfg_for(tmp_path, tiny_dir, "a", *extra))
+    cfg = cfg_for(tmp_path, tiny_dir, "b", *extra)
+    import posttrain.recipes.pairwise as pairwise
+
+    crash_after(monkeypatch, pairwise, 5)
+    with pytest.raises(Crash):
+        dpo_recipe.train_dpo(cfg)
+    monkeypatch.undo()
+    dpo_recipe.train_dpo(cfg, resume=True)
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
+
+
+def test_simpo_needs_no_reference(tmp_path: Path, tiny_dir: Path, prefs: Path) -> None:
+    dpo_recipe.train_dpo(cfg_for(tmp_path, tiny_dir, "s", f"data.path={prefs}", "train.max_steps=2", "dpo.loss=simpo"))
+    assert not (tmp_path / "s" / "ref_cache").exists()
+    assert len(losses(tmp_path / "s")) == 2
+
+
+def shorter_is_better(task: Any, path: Any, dtype: str):
+    """A reward with a preference on every prompt: shorter completions score higher."""
+    return lambda examples, texts: [-float(len(t)) for t in texts]
+
+
+def fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+ONLINE = ("rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "optim.lr=3e-3", "rollout.pairs=best_worst")
+
+
+def test_generator_syncs_exactly_every_sync_every_steps(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(REWARDS, "verifier", shorter_is_better)
+    generated: list[torch.Tensor] = []
+    trained: list[torch.Tensor] = [fingerprint(online.load_model(tiny_dir))]
+    real_generate, real_step = TorchEngine.generate, online.optimizer_step
+
+    def generate(self: TorchEngine, *args: Any, **kwargs: Any):
+        generated.append(fingerprint(self.model))
+        return real_generate(self, *args, **kwargs)
+
+    def step(model: torch.nn.Module, *args: Any, **kwargs: Any):
+        stats = real_step(model, *args, **kwargs)
+        trained.append(fingerprint(model))
+        return stats
+
+    monkeypatch.setattr(TorchEngine, "generate", generate)
+    monkeypatch.setattr(online, "optimizer_step", step)
+    cfg = cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=7", "rollout.sync_every=3", *ONLINE)
+    online.train_online_dpo(cfg)
+    assert len(generated) == 7 and len(trained) == 8  # every step had pairs and updated
+    changed = [k for k in range(1, 7) if not torch.equal(generated[k], generated[k - 1])]
+    assert changed == [3, 6]  # synced before steps 4 and 7: after every 3rd optimiser step, never between
+    for k in range(7):
+        assert torch.equal(generated[k], trained[online.last_sync(k, 3)])
+    records = read_metrics(tmp_path / "o" / "metrics.jsonl")
+    assert [r["generator_step"] for r in records] == [0, 0, 0, 3, 3, 3, 6]
+
+
+def test_online_dpo_moves_its_loss(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REWARDS, "verifier", shorter_is_better)
+    learn = ("train.max_steps=12", "rollout.sync_every=1", *ONLINE, "optim.lr=1e-2")
+    final = online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "f", *learn))
+    records = read_metrics(tmp_path / "f" / "metrics.jsonl")
+    assert records[0]["loss"] == pytest.approx(LN2, abs=1e-5)
+    assert all(r["pairs"] == 4 for r in records)
+    loss, length = [r["loss"] for r in records], [r["completion_len"] for r in records]
+    assert max(abs(x - LN2) for x in loss[1:]) > 0.02  # the loss moves off ln 2 as the policy leaves the reference
+    assert sum(length[-3:]) / 3 < sum(length[:3]) / 3 - 2  # towards what the reward wants: brevity
+    before, after = weights(tiny_dir), weights(final)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # a reference synced with the generator every step: each step's loss is evaluated at pi = pi_ref
+    online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "s", *learn, "rollout.reference=synced"))
+    assert losses(tmp_path / "s") == pytest.approx([LN2] * 12, abs=1e-4)
+
+
+@pytest.mark.parametrize(("score", "reason"), [(1.0, "skipped_all_correct"), (0.0, "skipped_all_wrong")])
+def test_online_dpo_skips_and_counts_prompts_without_a_preference(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, score: float, reason: str
+) -> None:
+    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: lambda exs, texts: [score] * len(texts))
+    final = online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=2", *ONLINE[:3]))
+    records = read_metrics(tmp_path / "o" / "metrics.jsonl")
+    assert [(r[reason], r["pairs"], r["loss"], r["skipped"]) for r in records] == [(4, 0, None, True)] * 2
+    before, after = weights(tiny_dir), weights(final)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_online_dpo_resume_equals_uninterrupted(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(REWARDS, "verifier", shorter_is_better)
+    extra = ("train.max_steps=6", "train.save_every=3", "rollout.sync_every=2", *ONLINE)
+    online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "a", *extra))
+    cfg = cfg_for(tmp_path, tiny_dir, "b", *extra)
+    real_step = online.optimizer_step
+    crash_after(monkeypatch, online, 4)  # killed in step 5; the checkpoint at 3 holds the generator of step 2
+    with pytest.raises(Crash):
+        online.train_online_dpo(cfg)
+    monkeypatch.setattr(online, "optimizer_step", real_step)
+    online.train_online_dpo(cfg, resume=True)
+    a, b = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["reward"] for r in b] == [r["reward"] for r in a]  # the same samples: the same generator
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, prefs: Path) -> Path:
+    out = tmp_path_factory.mktemp("rm")
+    cfg = load_config(
+        None, [*FAST, f"output_dir={out}", f"model.path={tiny_dir}", f"data.path={prefs}", "train.max_steps=24",
+               "optim.lr=2e-3"],
+    )  # fmt: skip
+    return train_rm(cfg)
+
+
+def test_reward_model_lowers_loss_and_loads_in_transformers(reward_model: Path, tiny_dir: Path) -> None:
+    out = reward_model.parent
+    a = losses(out)
+    assert len(a) == 24 and sum(a[-4:]) / 4 < sum(a[:4]) / 4 - 0.02
+    held = json.loads((out / "heldout.json").read_text())
+    assert 0.0 <= held["accuracy"] <= 1.0 and "loss" in held
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model)
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+    before, after = weights(tiny_dir), weights(reward_model)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+    task = ArithmeticTask(ArithmeticConfig(num_operands=2, digits=1))
+    ex = task.examples("test", 1, 0)[0]
+    scores = REWARDS["reward_model"](task, str(reward_model), "float32")([ex, ex], ["#1", "#1"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5) and isinstance(scores[0], float)
+
+
+def test_reward_model_serves_grpo_and_online_dpo(tmp_path: Path, tiny_dir: Path, reward_model: Path) -> None:
+    from posttrain.recipes.grpo import train_grpo
+
+    rm = f"{reward_model}"
+    train_grpo(
+        cfg_for(
+            tmp_path, tiny_dir, "g", "train.max_steps=1", "grpo.reward=reward_model", f"grpo.reward_model_path={rm}"
+        )
+    )
+    record = read_metrics(tmp_path / "g" / "metrics.jsonl")[0]
+    assert record["reward"] not in (0.0, 1.0) and record["loss"] is not None  # real-valued scores, an update
+    dpo = ("train.max_steps=2", "rollout.scorer=reward_model", f"rollout.reward_model_path={rm}", *ONLINE)
+    online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "d", *dpo))
+    assert all(r["pairs"] == 4 for r in read_metrics(tmp_path / "d" / "metrics.jsonl"))
+
+
+def test_cli_rejects_bad_preference_rows(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from posttrain.cli import main
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+        + "\n"
+        + json.dumps({"prompt": "a", "rejected": "c"})
+        + "\n"
+    )
+    for command in ("dpo", "rm"):
+        args = [command, *FAST, f"model.path={tiny_dir}", f"data.path={data}", f"output_dir={tmp_path / 'o'}"]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err == f"posttrain: error: {data}:2: chosen: missing field 'chosen' (expected {{prompt, chosen, rejected}})"
+        )
+    assert main(["dpo", *FAST, f"model.path={tiny_dir}", f"output_dir={tmp_path / 'o'}"]) == 2
+    assert "data.path" in capsys.readouterr().err
