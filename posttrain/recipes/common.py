@@ -5,17 +5,52 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import transformers
 
 from posttrain.config import Config, DataConfig, to_dict
-from posttrain.models.io import check_causal_lm_dir
+from posttrain.models.io import check_causal_lm_dir, context_length, load_model, load_tokenizer
 from posttrain.models.tiny import build_tiny
 from posttrain.tasks.arithmetic import ArithmeticTask
 from posttrain.tasks.base import Task
+from posttrain.train.checkpoint import latest_checkpoint
+
+Loader = Callable[[Path, transformers.PreTrainedTokenizerBase], transformers.PreTrainedModel]
+
+
+class Stage(NamedTuple):
+    """What every training recipe starts from."""
+
+    cfg: Config  # with model.path resolved
+    out: Path
+    ckpt: Path | None  # the checkpoint to resume from
+    tokenizer: transformers.PreTrainedTokenizerBase
+    model: transformers.PreTrainedModel  # in train mode, on its device
+    max_len: int  # train.max_seq_len, capped by the model's context
+
+
+def open_stage(cfg: Config, resume: bool, loader: Loader | None = None) -> Stage:
+    """Set up, resolve the model, and load it from the last checkpoint when resuming.
+
+    The tokenizer always comes from ``model.path``; the weights from the checkpoint
+    if there is one. ``loader`` replaces the causal-LM loader (the reward model's).
+    """
+    out = setup(cfg)
+    cfg = model_dir(cfg)
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    assert cfg.model.path is not None  # model_dir resolved it
+    tokenizer = load_tokenizer(cfg.model.path)
+    path = ckpt or Path(cfg.model.path)
+    model = loader(path, tokenizer) if loader else load_model(path, cfg.model.dtype, cfg.model.device)
+    model.train()
+    ctx = context_length(model)
+    max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
+    return Stage(cfg, out, ckpt, tokenizer, model, max_len)
 
 
 def setup(cfg: Config) -> Path:

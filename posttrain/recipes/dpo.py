@@ -30,10 +30,10 @@ from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DPOConfig
 from posttrain.data.pairs import EncodedPair, PairBatch, Sequence, flatten_pairs, sequence_batches
-from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
-from posttrain.recipes.common import model_dir, setup
+from posttrain.models.io import load_model, save_pretrained_atomic
+from posttrain.recipes.common import open_stage
 from posttrain.recipes.pairwise import PairLossFn, heldout_metrics, load_pair_data, run_pair_steps, write_heldout
-from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state
+from posttrain.train.checkpoint import load_trainer_state
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer
 from posttrain.train.metrics import MetricsWriter, console
@@ -124,14 +124,7 @@ def cached_reference_logps(cfg: Config, data: list[EncodedPair], pad_id: int) ->
 
 def train_offline_dpo(cfg: Config, resume: bool = False) -> Path:
     """Train on ``data.path``; write ``output_dir/{metrics.jsonl, heldout.json, checkpoints/, final/}``."""
-    out = setup(cfg)
-    cfg = model_dir(cfg)
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
-    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(ckpt or cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
-    model.train()
-    ctx = context_length(model)
-    max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
+    cfg, out, ckpt, tokenizer, model, max_len = open_stage(cfg, resume)
     train, test = load_pair_data(cfg, tokenizer, max_len, "dpo")
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     needs_ref = cfg.dpo.loss not in REFERENCE_FREE

@@ -35,13 +35,13 @@ from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, GRPOConfig
 from posttrain.data.batch import TokenBatch, collate, per_token
 from posttrain.data.tokenize import check_length, encode_prompt
-from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
-from posttrain.recipes.common import derive_seed, make_task, model_dir, setup
+from posttrain.models.io import context_length, load_model, save_pretrained_atomic
+from posttrain.recipes.common import derive_seed, make_task, open_stage
 from posttrain.rewards.scorers import REWARDS, RewardFn, verifier_reward
 from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.base import Example, Task
-from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.train.checkpoint import load_trainer_state, save_checkpoint
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
@@ -133,13 +133,8 @@ def minibatch_rows(batch: TokenBatch | None, minibatches: int) -> list[list[int]
 
 def train_grpo(cfg: Config, resume: bool = False) -> Path:
     """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
-    out = setup(cfg)
-    cfg = model_dir(cfg)
+    cfg, out, ckpt, tokenizer, model, _ = open_stage(cfg, resume)
     g = cfg.grpo
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
-    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(ckpt or cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
-    model.train()
     ref = None
     if g.kl_coef > 0:
         ref = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()  # type: ignore[arg-type]

@@ -49,14 +49,14 @@ from posttrain.algorithms.pairs import build_pairs
 from posttrain.config import Config
 from posttrain.data.pairs import PairBatch, collate_pairs
 from posttrain.data.tokenize import check_length, encode_prompt
-from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
-from posttrain.recipes.common import derive_seed, make_task, model_dir, setup
+from posttrain.models.io import context_length, load_model, save_pretrained_atomic
+from posttrain.recipes.common import derive_seed, make_task, open_stage
 from posttrain.recipes.dpo import dpo_loss_fn
 from posttrain.rewards.scorers import REWARDS, RewardFn
 from posttrain.rollout.base import SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.base import Task
-from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.train.checkpoint import load_trainer_state, save_checkpoint
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
@@ -99,14 +99,9 @@ def _generator(cfg: Config, model: PreTrainedModel, ckpt: Path | None, state: di
 
 def train_online_dpo(cfg: Config, resume: bool = False) -> Path:
     """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
-    out = setup(cfg)
-    cfg = model_dir(cfg)
+    cfg, out, ckpt, tokenizer, model, _ = open_stage(cfg, resume)
     r = cfg.rollout
     assert r is not None
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
-    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(ckpt or cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
-    model.train()
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
     state = load_trainer_state(ckpt, optimizer, scheduler) if ckpt else {"step": 0}
     start = state["step"]

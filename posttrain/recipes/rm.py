@@ -24,11 +24,11 @@ from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config
 from posttrain.data.pairs import PairBatch
-from posttrain.models.io import context_length, load_tokenizer, save_pretrained_atomic
-from posttrain.recipes.common import model_dir, setup
+from posttrain.models.io import save_pretrained_atomic
+from posttrain.recipes.common import open_stage
 from posttrain.recipes.pairwise import PairLossFn, heldout_metrics, load_pair_data, run_pair_steps, write_heldout
 from posttrain.rewards.scorers import load_reward_model
-from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state
+from posttrain.train.checkpoint import load_trainer_state
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer
 from posttrain.train.metrics import MetricsWriter, console
@@ -47,14 +47,9 @@ def rm_loss_fn(model: PreTrainedModel, mixed_precision: str = "no") -> PairLossF
 
 def train_rm(cfg: Config, resume: bool = False) -> Path:
     """Train, write ``output_dir/{metrics.jsonl, heldout.json, checkpoints/, final/}``; return ``final``."""
-    out = setup(cfg)
-    cfg = model_dir(cfg)
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
-    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_reward_model(ckpt or cfg.model.path, cfg.model.dtype, tokenizer, cfg.model.device)  # type: ignore[arg-type]
-    model.train()
-    ctx = context_length(model)
-    max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
+    cfg, out, ckpt, tokenizer, model, max_len = open_stage(
+        cfg, resume, lambda path, tok: load_reward_model(path, cfg.model.dtype, tok, cfg.model.device)
+    )
     train, test = load_pair_data(cfg, tokenizer, max_len, "rm")
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
     start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0

@@ -23,9 +23,9 @@ from posttrain.config import Config, DataConfig, TrainConfig
 from posttrain.data.batch import TokenBatch, collate, length_buckets
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import DataError
-from posttrain.models.io import context_length, load_model, load_tokenizer, save_pretrained_atomic
-from posttrain.recipes.common import derive_seed, make_task, model_dir, setup, train_examples_count
-from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from posttrain.models.io import save_pretrained_atomic
+from posttrain.recipes.common import derive_seed, make_task, open_stage, train_examples_count
+from posttrain.train.checkpoint import load_trainer_state, save_checkpoint
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
@@ -81,14 +81,7 @@ def sft_steps(train: TrainConfig, steps_per_epoch: int) -> int:
 
 def train_sft(cfg: Config, resume: bool = False) -> Path:
     """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
-    out = setup(cfg)
-    cfg = model_dir(cfg)
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
-    tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
-    model = load_model(ckpt or cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
-    model.train()
-    ctx = context_length(model)
-    max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
+    cfg, out, ckpt, tokenizer, model, max_len = open_stage(cfg, resume)
     data = load_demonstrations(cfg, tokenizer, max_len)
     lengths = [len(p) + len(c) for p, c in data]
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
