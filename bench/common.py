@@ -11,7 +11,9 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,6 +61,24 @@ def alternate(commands: dict[str, list[str]], rounds: int) -> dict[str, list[dic
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
             results[name].append(json.loads(out[-1]))
     return results
+
+
+def step_timer() -> Any:
+    """A TRL/transformers Trainer callback that records each optimiser step's seconds in ``.times``."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.start = 0.0
+
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    return StepTimer()
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:

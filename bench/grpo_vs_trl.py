@@ -19,13 +19,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TASK, alternate, median, versions  # noqa: E402
+from common import TASK, alternate, median, step_timer, versions  # noqa: E402
 
 PROMPTS, G, MAX_NEW, LR = 16, 8, 48, 5e-5
 
@@ -50,20 +49,10 @@ def run_posttrain(model: str, steps: int) -> dict[str, float]:
 
 def run_trl(model: str, steps: int) -> dict[str, float]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from posttrain.tasks.arithmetic import ArithmeticTask, extract_answer
-
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_begin(self, *a, **k) -> None:
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *a, **k) -> None:
-            self.times.append(time.perf_counter() - self.start)
 
     def reward(completions: list[str], answer: list[str], **_: object) -> list[float]:
         return [float(extract_answer(c) == a) for c, a in zip(completions, answer)]
@@ -76,7 +65,7 @@ def run_trl(model: str, steps: int) -> dict[str, float]:
         mask_truncated_completions=True, num_iterations=1, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=1, seed=0,
     )  # fmt: skip
-    timer = Timer()
+    timer = step_timer()
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[reward], args=args,
         train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(model),

@@ -15,13 +15,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, demonstrations, median, model_dir, versions  # noqa: E402
+from common import alternate, demonstrations, median, model_dir, step_timer, versions  # noqa: E402
 
 N, BATCH, LR = 4096, 64, 2e-3
 
@@ -45,18 +44,8 @@ def run_posttrain(root: Path, steps: int) -> dict[str, float]:
 
 def run_trl(root: Path, steps: int) -> dict[str, float]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_begin(self, *a, **k) -> None:
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *a, **k) -> None:
-            self.times.append(time.perf_counter() - self.start)
 
     path = model_dir(root)
     tok = AutoTokenizer.from_pretrained(path)
@@ -66,7 +55,7 @@ def run_trl(root: Path, steps: int) -> dict[str, float]:
                      learning_rate=LR, lr_scheduler_type="constant", use_cpu=True, report_to=[], save_strategy="no",
                      logging_steps=steps, completion_only_loss=True, packing=False, dataloader_num_workers=0,
                      seed=0)  # fmt: skip
-    timer = Timer()
+    timer = step_timer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     trainer.train()
