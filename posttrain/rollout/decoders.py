@@ -59,8 +59,11 @@ def supports_static_decode(model: PreTrainedModel) -> bool:
         return False
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         return False  # Mistral/Qwen2 with a sliding window attend differently
-    layer = model.model.layers[0]
-    attn = layer.self_attn
+    inner = getattr(model, "model", None)  # a wrapped model (e.g. with adapters) takes the generic path
+    layers = getattr(inner, "layers", None)
+    if not layers or not all(hasattr(inner, n) for n in ("embed_tokens", "rotary_emb", "norm")):
+        return False
+    attn = getattr(layers[0], "self_attn", None)
     needed = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")
     return all(hasattr(attn, n) for n in needed) and not hasattr(attn, "q_norm")
 
