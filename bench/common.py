@@ -8,10 +8,14 @@ The peer (TRL) is installed in the benchmark environment only:
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +57,6 @@ def versions() -> str:
 
 def alternate(commands: dict[str, list[str]], rounds: int) -> dict[str, list[dict[str, float]]]:
     """Run each engine's command in turn, ``rounds`` times; each prints one JSON line last."""
-    import json
-
     results: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
     for _ in range(rounds):
         for name, cmd in commands.items():
@@ -79,6 +81,33 @@ def step_timer() -> Any:
             self.times.append(time.perf_counter() - self.start)
 
     return StepTimer()
+
+
+Runner = Callable[[argparse.Namespace], dict[str, float]]
+
+
+def side_by_side(
+    runners: dict[str, Runner], add_args: Callable[[argparse.ArgumentParser], None]
+) -> tuple[argparse.Namespace, dict[str, list[dict[str, float]]]] | None:
+    """The shared command line of the side-by-side benchmarks.
+
+    With ``--engine NAME`` this process is one measured run: it prints the runner's
+    JSON and returns None. Without it, it re-runs this script once per engine per
+    round, alternating, and returns the parsed arguments and every run's figures.
+    """
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engine", choices=list(runners))
+    p.add_argument("--root", default=tempfile.mkdtemp())
+    add_args(p)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.engine:
+        print(json.dumps(runners[args.engine](args)))
+        return None
+    base = [sys.executable, sys.argv[0], *sys.argv[1:], "--root", args.root]
+    return args, alternate({e: [*base, "--engine", e] for e in runners}, args.rounds)
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:

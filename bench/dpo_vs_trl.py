@@ -13,17 +13,14 @@ the measure includes computing it). Run in the benchmark environment:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TASK, alternate, median, model_dir, versions  # noqa: E402
+from common import TASK, median, model_dir, side_by_side, versions  # noqa: E402
 
 PAIRS, BATCH, LR, BETA = 960, 32, 5e-5, 0.1
 
@@ -77,19 +74,12 @@ def run_trl(root: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--engine", choices=["posttrain", "trl"])
-    p.add_argument("--root", default=tempfile.mkdtemp())
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.engine:
-        fn = run_posttrain if args.engine == "posttrain" else run_trl
-        print(json.dumps(fn(Path(args.root))))
+    done = side_by_side(
+        {"posttrain": lambda a: run_posttrain(Path(a.root)), "trl": lambda a: run_trl(Path(a.root))}, lambda p: None
+    )
+    if done is None:
         return
-    base = [sys.executable, __file__, "--threads", str(args.threads), "--root", args.root]
-    runs = alternate({e: [*base, "--engine", e] for e in ("posttrain", "trl")}, args.rounds)
+    args, runs = done
     ours, peer = median(runs["posttrain"], "pairs_per_s"), median(runs["trl"], "pairs_per_s")
     print(f"{versions()}; threads {args.threads}; {args.rounds} rounds of {PAIRS} pairs")
     print(f"| engine | pairs/s (median) |\n|---|---|\n| posttrain | {ours:,.1f} |\n| TRL DPOTrainer | {peer:,.1f} |")

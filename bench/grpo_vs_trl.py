@@ -15,16 +15,13 @@ plus update time of each iteration. Run in the benchmark environment:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TASK, alternate, median, step_timer, versions  # noqa: E402
+from common import TASK, median, side_by_side, step_timer, versions  # noqa: E402
 
 PROMPTS, G, MAX_NEW, LR = 16, 8, 48, 5e-5
 
@@ -77,20 +74,16 @@ def run_trl(model: str, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", default="runs/quickstart/sft/final")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--engine", choices=["posttrain", "trl"])
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.engine:
-        fn = run_posttrain if args.engine == "posttrain" else run_trl
-        print(json.dumps(fn(args.model, args.steps)))
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="runs/quickstart/sft/final")
+        p.add_argument("--steps", type=int, default=20)
+
+    done = side_by_side(
+        {"posttrain": lambda a: run_posttrain(a.model, a.steps), "trl": lambda a: run_trl(a.model, a.steps)}, add_args
+    )
+    if done is None:
         return
-    base = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--threads", str(args.threads)]
-    runs = alternate({e: [*base, "--engine", e] for e in ("posttrain", "trl")}, args.rounds)
+    args, runs = done
     print(f"{versions()}; threads {args.threads}; {args.rounds} rounds of {args.steps} steps")
     print("| engine | seconds per step (median) | mean reward per step |\n|---|---|---|")
     for name, label in (("posttrain", "posttrain"), ("trl", "TRL GRPOTrainer")):

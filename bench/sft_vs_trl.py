@@ -11,16 +11,13 @@ the benchmark environment (bench/common.py):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, demonstrations, median, model_dir, step_timer, versions  # noqa: E402
+from common import demonstrations, median, model_dir, side_by_side, step_timer, versions  # noqa: E402
 
 N, BATCH, LR = 4096, 64, 2e-3
 
@@ -65,23 +62,18 @@ def run_trl(root: Path, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--engine", choices=["posttrain", "trl"])
-    p.add_argument("--root", default=tempfile.mkdtemp())
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.engine:
-        fn = run_posttrain if args.engine == "posttrain" else run_trl
-        print(json.dumps(fn(Path(args.root), args.steps)))
+    done = side_by_side(
+        {"posttrain": lambda a: run_posttrain(Path(a.root), a.steps), "trl": lambda a: run_trl(Path(a.root), a.steps)},
+        lambda p: p.add_argument("--steps", type=int, default=60),
+    )
+    if done is None:
         return
-    base = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads), "--root", args.root]
-    runs = alternate({e: [*base, "--engine", e] for e in ("posttrain", "trl")}, args.rounds)
+    args, runs = done
     ours, peer = median(runs["posttrain"], "tokens_per_s"), median(runs["trl"], "tokens_per_s")
     print(f"{versions()}; threads {args.threads}; {args.rounds} rounds of {args.steps} steps")
-    print(f"| engine | training tokens/s (median) |\n|---|---|\n| posttrain | {ours:,.0f} |\n| TRL SFTTrainer | {peer:,.0f} |")
+    print(
+        f"| engine | training tokens/s (median) |\n|---|---|\n| posttrain | {ours:,.0f} |\n| TRL SFTTrainer | {peer:,.0f} |"
+    )
     print(f"posttrain / TRL = {ours / peer:.2f}x")
 
 
