@@ -15,7 +15,8 @@ $(BIN)/python:
 # torch first and pinned: an unpinned torch would pull gigabytes of CUDA wheels
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# ray is an optional extra of the package; the dev environment has it so its tests run
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	touch $@
 
 install: $(VENV)/.installed

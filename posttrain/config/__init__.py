@@ -18,203 +18,56 @@ import difflib
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from posttrain.config.sections import (
+    STAGES,
+    ArithmeticConfig,
+    CompareConfig,
+    Config,
+    DataConfig,
+    DistConfig,
+    DPOConfig,
+    EvalConfig,
+    GRPOConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    PredictConfig,
+    RolloutConfig,
+    SamplingConfig,
+    TinyModelConfig,
+    TrainConfig,
+)
 from posttrain.errors import ConfigError
 
-STAGES = ("sft", "grpo", "eval", "generate", "dpo", "rm", "compare")
-
-
-@dataclass(frozen=True)
-class TinyModelConfig:
-    """A small Llama built from a config when ``model.path`` is not given."""
-
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_position_embeddings: int = 128
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    path: str | None = None  # a Hugging Face causal LM directory; None builds the tiny model
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "auto"  # auto: cuda when available, else cpu
-
-
-@dataclass(frozen=True)
-class ArithmeticConfig:
-    """Difficulty knobs of the built-in task."""
-
-    num_operands: int = 3
-    digits: int = 2
-    operators: str = "+-"
-    test_fraction: float = 0.1  # share of all problems that belong to the test split
-    direct_fraction: float = 0.0  # share of demonstrations that state the answer without steps
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    task: Literal["arithmetic", "jsonl"] = "arithmetic"
-    path: str | None = None  # jsonl task: JSONL, Parquet or a datasets directory
-    eval_path: str | None = None  # jsonl task: held-out file; default splits `path`
-    # jsonl task: the row shape, and the answer checker (auto: plain, gsm8k -> last_number,
-    # math -> math_verify, mc -> choice); see posttrain/tasks/formats.py
-    format: Literal["plain", "gsm8k", "math", "mc"] = "plain"
-    verifier: Literal["auto", "exact", "last_number", "math_verify", "choice"] = "auto"
-    num_train: int = 20000  # demonstrations generated for SFT (arithmetic task)
-    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    # SFT data selection (defaults keep every demonstration)
-    train_fraction: float = 1.0  # share of the demonstrations used: a seeded subset
-    min_demo_tokens: int = 0  # drop demonstrations whose completion is shorter
-    max_demo_tokens: int = 0  # drop demonstrations whose completion is longer; 0: no limit
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = 100  # optimiser steps (SFT) or rollout batches (GRPO)
-    batch_size: int = 64  # sequences per optimiser step (SFT)
-    micro_batch_size: int = 64  # sequences per forward/backward pass
-    max_seq_len: int = 128
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    save_every: int = 0  # steps between checkpoints; 0 saves only at the end
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
-    log_every: int = 1
-    epochs: float = 0.0  # SFT: > 0 sets max_steps to this many passes over the demonstrations
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    min_lr_ratio: float = 0.1  # final lr / peak lr for cosine and linear
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables
-    max_new_tokens: int = 64
-
-
-@dataclass(frozen=True)
-class GRPOConfig:
-    prompts_per_step: int = 16
-    samples_per_prompt: int = 8
-    updates_per_batch: int = 1  # passes over each batch of rollouts
-    minibatches: int = 1  # optimiser steps per pass
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    std_normalize: bool = True
-    loss_agg: Literal["token_mean", "seq_mean", "constant"] = "token_mean"
-    kl_coef: float = 0.0
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    drop_uniform_groups: bool = True
-    overlong: Literal["mask", "penalty", "none"] = "mask"
-    overlong_reward: float = 0.0  # reward given to truncated completions with overlong=penalty
-    reward: Literal["verifier", "reward_model"] = "verifier"  # what scores each completion
-    reward_model_path: str | None = None  # grpo.reward=reward_model: a directory saved by `posttrain rm`
-
-
-@dataclass(frozen=True)
-class DPOConfig:
-    """The preference loss (``posttrain.algorithms.dpo``) of `posttrain dpo`."""
-
-    loss: Literal["sigmoid", "cdpo", "ipo", "simpo", "rpo"] = "sigmoid"
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # cdpo: assumed share of flipped preference labels, in [0, 0.5)
-    simpo_gamma: float = 0.5  # simpo: target reward margin gamma
-    nll_coef: float = 1.0  # rpo: weight of the chosen response's per-token NLL
-    cache_reference: bool = True  # offline: reference logprobs computed once, cached on disk
-    cache_dir: str | None = None  # where the cache lives; default output_dir/ref_cache
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    """Online and semi-online DPO: `posttrain dpo` samples its own pairs when this section is set."""
-
-    prompts_per_step: int = 16  # task prompts sampled per optimiser step
-    samples_per_prompt: int = 8  # responses per prompt, from which pairs are built
-    sync_every: int = 1  # optimiser steps between generator syncs; 1 online, 0 never (offline)
-    reference: Literal["fixed", "synced"] = "fixed"  # the initial policy, or the generator's weights
-    pairs: Literal["random", "best_worst", "group"] = "random"  # posttrain.algorithms.pairs
-    scorer: Literal["verifier", "reward_model"] = "verifier"
-    reward_model_path: str | None = None  # scorer=reward_model: a directory saved by `posttrain rm`
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """`posttrain compare`: several methods from one SFT checkpoint at equal sampling budgets."""
-
-    seeds: int = 3  # runs per method, with seeds seed, seed+1, ...
-    sampled_responses: int = 4096  # training responses each run samples (per method and seed)
-    eval_points: int = 4  # held-out evaluations along each run, for the accuracy curve
-    sft_path: str | None = None  # start from this checkpoint instead of training stages.sft
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {recipe: dpo|grpo, overlay}
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    num_problems: int = 200
-    samples_per_problem: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    heldout_demos: int = 200  # demonstrations for held-out NLL; 0 skips it
-    batch_size: int = 256  # sequences per generation batch
-    models: dict[str, str] = field(default_factory=dict)  # name -> directory (posttrain eval)
-    # samples are drawn in seeded chunks of this many per problem, so a larger n reuses the cached ones
-    chunk_size: int = 8
-    cache: bool = True  # reuse samples and scores cached by (weights hash, problems, sampling settings)
-    cache_dir: str | None = None  # default: output_dir/eval_cache
-    check_timeout_s: float = 10.0  # per answer check run in a worker process (math_verify)
-    check_workers: int = 2  # worker processes for those checks
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """`posttrain predict` and `posttrain predict-rl`: which SFT checkpoint will win after RL."""
-
-    large_k: int = 0  # k of the pass@k predictor; 0: the largest power of two <= eval.samples_per_problem
-    # predict-rl: SFT variants of one base model, name -> dotted overrides of the SFT stage
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rl_samples_per_problem: int = 16  # predict-rl: samples per problem for post-RL pass@1
-
-
-@dataclass(frozen=True)
-class Config:
-    name: str = "quickstart"
-    output_dir: str | None = None  # default: runs/<name>
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    rollout: RolloutConfig | None = None  # set: online/semi-online DPO; unset: DPO on data.path
-    compare: CompareConfig = field(default_factory=CompareConfig)
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def out(self) -> Path:
-        return Path(self.output_dir if self.output_dir else f"runs/{self.name}")
+__all__ = [
+    "STAGES",
+    "ArithmeticConfig",
+    "CompareConfig",
+    "Config",
+    "DataConfig",
+    "DistConfig",
+    "DPOConfig",
+    "EvalConfig",
+    "GRPOConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PredictConfig",
+    "RolloutConfig",
+    "SamplingConfig",
+    "TinyModelConfig",
+    "TrainConfig",
+    "apply_overlay",
+    "load_config",
+    "parse_override",
+    "to_dict",
+    "validate",
+]
 
 
 # ---------------------------------------------------------------------------
@@ -491,6 +344,22 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
         "grpo.reward=reward_model needs a reward model directory",
     )
     _validate_preferences(cfg, src, need)
+    _validate_scale(cfg, need)
+
+
+def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    r, d, lo = cfg.rollout, cfg.dist, cfg.lora
+    if r is not None:
+        need(r.workers > 0, "rollout.workers", "must be > 0")
+        need(r.reward_workers > 0, "rollout.reward_workers", "must be > 0")
+        for key in ("sync_timeout_s", "generate_timeout_s", "reward_timeout_s"):
+            need(getattr(r, key) > 0, f"rollout.{key}", "must be > 0 seconds")
+    need(d.timeout_s > 0, "dist.timeout_s", "must be > 0 seconds")
+    if lo is not None:
+        need(lo.r > 0, "lora.r", "must be > 0")
+        need(lo.alpha > 0, "lora.alpha", "must be > 0")
+        need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        need(bool(lo.target_modules.strip()), "lora.target_modules", "name the modules to adapt, or all-linear")
 
 
 def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, str], None]) -> None:
