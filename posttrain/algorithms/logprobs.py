@@ -7,7 +7,6 @@ other and with the sampler (which uses the same ``softmax(logits / T)``).
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
 
 from posttrain.data.batch import TokenBatch
 
@@ -31,10 +30,18 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(
-    model: PreTrainedModel, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False
+    model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprobs (B, T-1) of ``input_ids[:, 1:]`` under ``softmax(logits / temperature)``."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    """Logprobs (B, T-1) of ``input_ids[:, 1:]`` under ``softmax(logits / temperature)``.
+
+    ``model`` is an HF causal LM, or a wrapper that forwards like one (DDP in training).
+    A packed batch (``posttrain.data.batch.pack``) is passed as ``position_ids``
+    without a mask, which ``transformers`` reads as packed sequences.
+    """
+    if batch.position_ids is not None:
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+    else:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     logits = out.logits[:, :-1]
     if temperature not in (0.0, 1.0):
         logits = logits / temperature

@@ -71,6 +71,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
     log_every: int = 1
     epochs: float = 0.0  # SFT: > 0 sets max_steps to this many passes over the demonstrations
+    # SFT, GRPO: lay short sequences end to end in rows of the longest one's length instead of padding
+    packing: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
 

@@ -23,6 +23,8 @@ class TokenBatch:
     attention_mask: torch.Tensor  # (B, T)
     response_mask: torch.Tensor  # (B, T-1) float: 1 where the target is a completion token
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token (B, T-1) or per-row (B,)
+    # set by ``pack``: several sequences per row, positions restarting at 0 at each one
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> TokenBatch:
         if self.input_ids.device == device:
@@ -32,6 +34,7 @@ class TokenBatch:
             self.attention_mask.to(device),
             self.response_mask.to(device),
             {k: v.to(device) for k, v in self.extra.items()},
+            None if self.position_ids is None else self.position_ids.to(device),
         )
 
     @property
@@ -39,6 +42,7 @@ class TokenBatch:
         return int(self.attention_mask.sum())
 
     def select(self, rows: list[int] | torch.Tensor) -> TokenBatch:
+        assert self.position_ids is None, "select rows before packing"
         idx = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[idx].sum(-1).max()) if len(idx) else 1
         width = max(width, 2)
@@ -82,3 +86,52 @@ def length_buckets(lengths: list[int], order: list[int], micro_batch_size: int) 
     """
     rows = sorted(order, key=lambda i: lengths[i])
     return [rows[s : s + micro_batch_size] for s in range(0, len(rows), micro_batch_size)]
+
+
+def pack(batch: TokenBatch, capacity: int = 0) -> TokenBatch:
+    """The rows of ``batch`` laid end to end in as few rows of ``capacity`` tokens as fit.
+
+    Padding to the longest row wastes compute on every shorter one; packing puts
+    short sequences side by side instead (first-fit decreasing). Each sequence
+    keeps its own positions, restarting at 0, and attention stays inside it: the
+    model is called with ``position_ids`` and no attention mask, from which
+    ``transformers`` builds the block-diagonal causal mask of packed sequences.
+    The tail of a row is one more segment of padding that no loss reads. The
+    prediction columns between two sequences are masked, so every per-token
+    value (response mask, old logprobs, advantages, weights) lands where the same
+    token's was, and any loss that sums over tokens is unchanged (tested).
+    Per-row extras do not survive packing. ``capacity`` 0: the longest row.
+    """
+    lengths = [int(n) for n in batch.attention_mask.sum(-1).tolist()]
+    capacity = max(capacity, max(lengths), 2)
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        b = next((b for b, f in enumerate(free) if lengths[i] <= f), None)
+        if b is None:
+            bins.append([])
+            free.append(capacity)
+            b = len(bins) - 1
+        bins[b].append(i)
+        free[b] -= lengths[i]
+    width = max(capacity - f for f in free)
+    P = len(bins)
+    input_ids = torch.zeros((P, width), dtype=batch.input_ids.dtype)
+    attention = torch.zeros((P, width), dtype=batch.attention_mask.dtype)
+    positions = torch.zeros((P, width), dtype=torch.long)
+    response = torch.zeros((P, width - 1), dtype=batch.response_mask.dtype)
+    per_token = {k: v for k, v in batch.extra.items() if v.dim() == 2}
+    extra = {k: torch.zeros((P, width - 1), dtype=v.dtype) for k, v in per_token.items()}
+    for b, rows in enumerate(bins):
+        o = 0
+        for i in rows:
+            n = lengths[i]
+            input_ids[b, o : o + n] = batch.input_ids[i, :n]
+            attention[b, o : o + n] = 1
+            positions[b, o : o + n] = torch.arange(n)
+            response[b, o : o + n - 1] = batch.response_mask[i, : n - 1]
+            for k, v in per_token.items():
+                extra[k][b, o : o + n - 1] = v[i, : n - 1]
+            o += n
+        positions[b, o:] = torch.arange(width - o)
+    return TokenBatch(input_ids, attention, response, extra, positions)
