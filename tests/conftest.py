@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from posttrain.config import TinyModelConfig
+from posttrain.config import ArithmeticConfig, TinyModelConfig
 from posttrain.models.tiny import build_tiny
+from posttrain.tasks.arithmetic import ArithmeticTask
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 
@@ -41,3 +44,16 @@ def _threads() -> None:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny(TINY, tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Arithmetic pairs: the worked solution against the same steps ending in a wrong answer."""
+    rng, rows = random.Random(0), []
+    for ex in ArithmeticTask(ArithmeticConfig(num_operands=2, digits=1)).examples("train", 96, 0):
+        assert ex.completion is not None and ex.answer is not None
+        wrong = ex.completion.rsplit("#", 1)[0] + f"#{int(ex.answer) + rng.choice([-2, -1, 1, 2])}"
+        rows.append({"prompt": ex.prompt, "chosen": ex.completion, "rejected": wrong})
+    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

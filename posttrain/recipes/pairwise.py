@@ -3,7 +3,9 @@
 The data position is a pure function of the step (a seeded permutation per epoch,
 as in SFT), so resume from a checkpoint repeats and skips nothing. Each optimiser
 step takes ``train.batch_size`` pairs in micro-batches of ``train.micro_batch_size``
-pairs; the loop divides the summed loss by the step's number of pairs.
+pairs; the loop divides the summed loss by the step's number of pairs. Under
+torchrun each rank takes every world-th pair of the step (``net`` is the wrapper
+the forwards go through), and the loop sums over ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches
 from posttrain.errors import ConfigError, DataError
 from posttrain.recipes.sft import epoch_order
 from posttrain.tasks.preferences import SHAPE, encode_pairs, load_preferences
+from posttrain.train import distributed
 from posttrain.train.checkpoint import save_checkpoint
 from posttrain.train.loop import optimizer_step
 from posttrain.train.metrics import MetricsWriter, progress
@@ -62,6 +65,7 @@ def run_pair_steps(
     start: int,
     writer: MetricsWriter,
     ref_logps: torch.Tensor | None = None,
+    net: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """Optimiser steps ``start`` .. ``train.max_steps`` over ``data``; checkpoints under output_dir."""
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
@@ -79,10 +83,12 @@ def run_pair_steps(
         for step in range(start, cfg.train.max_steps):
             epoch, k = divmod(step, steps_per_epoch)
             rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
+            rows = distributed.shard(rows)
             micro = pair_micro_batches(data, rows, mbs, pad, ref_logps)
             t0 = time.perf_counter()
-            stats = optimizer_step(model, optimizer, scheduler, micro, loss_fn, float(len(rows)), cfg.train.grad_clip)
-            tokens = sum(mb.num_tokens for mb in micro)
+            trained = model if net is None else net
+            stats = optimizer_step(trained, optimizer, scheduler, micro, loss_fn, float(len(rows)), cfg.train.grad_clip)
+            tokens = int(distributed.all_sum([sum(mb.num_tokens for mb in micro)])[0])
             record = {"stage": stage, "step": step + 1, "epoch": epoch, **stats, "tokens": tokens}
             writer.write({**record, "tokens_per_s": tokens / (time.perf_counter() - t0)})
             bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}")

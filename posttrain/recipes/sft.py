@@ -5,6 +5,10 @@ bad row with its file and line), then for each optimiser step take the next
 ``train.batch_size`` rows of a seeded per-epoch permutation, bucket them by
 length into micro-batches, and step. The data position is a pure function of the
 step number, so resume needs no sampler state and repeats or skips nothing.
+
+Under torchrun each rank takes every world-th row of the step's batch (sorted by
+length first, so ranks get similar numbers of tokens): the global batch, and so
+every step, is the one-process run's.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from posttrain.config import Config, DataConfig, TrainConfig
 from posttrain.data.batch import TokenBatch, collate, length_buckets
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import DataError
-from posttrain.models.io import save_pretrained_atomic
-from posttrain.recipes.common import derive_seed, make_task, open_stage, train_examples_count
-from posttrain.train.checkpoint import load_trainer_state, save_checkpoint
+from posttrain.recipes.common import derive_seed, make_task, train_examples_count
+from posttrain.recipes.launch import open_training
+from posttrain.train import distributed
+from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
@@ -81,7 +86,8 @@ def sft_steps(train: TrainConfig, steps_per_epoch: int) -> int:
 
 def train_sft(cfg: Config, resume: bool = False) -> Path:
     """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
-    cfg, out, ckpt, tokenizer, model, max_len = open_stage(cfg, resume)
+    (cfg, out, ckpt, tokenizer, model, max_len), net = open_training(cfg, resume)
+    distributed.check_divisible(cfg.train.batch_size, "train.batch_size")
     data = load_demonstrations(cfg, tokenizer, max_len)
     lengths = [len(p) + len(c) for p, c in data]
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
@@ -96,14 +102,14 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     steps = sft_steps(cfg.train, steps_per_epoch)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
-    start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
+    start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
 
     def loss_fn(mb: TokenBatch) -> LossOutput:
         mb = mb.to(model.device)
         with precision(model.device, cfg.train.mixed_precision):
-            logprobs, _ = token_logprobs(model, mb)
+            logprobs, _ = token_logprobs(net, mb)
         return sft_loss(logprobs, mb.response_mask)
 
     stats: dict[str, float] = {}
@@ -112,15 +118,17 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
         for step in range(start, cfg.train.max_steps):
             epoch, k = divmod(step, steps_per_epoch)
             rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
+            if distributed.active():
+                rows = distributed.shard(sorted(rows, key=lambda i: lengths[i]))
             micro = [
                 collate([data[i][0] for i in b], [data[i][1] for i in b], pad)
                 for b in length_buckets(lengths, rows, mbs)
             ]
             count = float(sum(mb.response_mask.sum() for mb in micro))
             t0 = time.perf_counter()
-            stats = optimizer_step(model, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
+            stats = optimizer_step(net, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
             seconds = time.perf_counter() - t0
-            tokens = sum(mb.num_tokens for mb in micro)
+            tokens = int(distributed.all_sum([sum(mb.num_tokens for mb in micro)])[0])
             writer.write(
                 {
                     "stage": "sft",
@@ -137,7 +145,7 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save_checkpoint(out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler)
     writer.close()
-    final = save_pretrained_atomic(model, tokenizer, out / "final")
+    final = save_final(model, tokenizer, out / "final")
     if stats:
         console.print(
             f"sft: {cfg.train.max_steps} steps, {len(data)} demonstrations, final loss {stats['loss']:.4f} -> {final}"

@@ -3,6 +3,10 @@
 One JSON record per optimiser step, flushed as written, so a killed run keeps
 every step it finished. On resume the file is cut back to the checkpoint's step
 first, so steps after the checkpoint are not recorded twice.
+
+Under torchrun only rank 0 writes: the writer of any other rank drops every
+record (the recipes log numbers already summed over ranks), and those ranks'
+console is silenced (``posttrain.train.distributed.init``), progress bars included.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import torch.distributed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -28,6 +33,9 @@ def _clean(value: Any) -> Any:
 class MetricsWriter:
     def __init__(self, path: Path, resume_step: int | None = None, key: str = "step") -> None:
         self.path = path
+        self._file: IO[str] | None = None
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             path.write_text("")
@@ -39,11 +47,14 @@ class MetricsWriter:
         self._file = open(path, "a")  # noqa: SIM115 - held open for the whole stage
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,6 @@ from tests.conftest import FAST
 from tests.integration.test_recipes import Crash, crash_after, weights
 
 LN2 = math.log(2.0)
-
-
-@pytest.fixture(scope="module")
-def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Arithmetic pairs: the worked solution against the same steps ending in a wrong answer."""
-    rng = random.Random(0)
-    rows = []
-    for ex in ArithmeticTask(ArithmeticConfig(num_operands=2, digits=1)).examples("train", 96, 0):
-        assert ex.completion is not None and ex.answer is not None
-        wrong = ex.completion.rsplit("#", 1)[0] + f"#{int(ex.answer) + rng.choice([-2, -1, 1, 2])}"
-        rows.append({"prompt": ex.prompt, "chosen": ex.completion, "rejected": wrong})
-    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def cfg_for(tmp_path: Path, tiny_dir: Path, name: str, *extra: str):
