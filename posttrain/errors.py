@@ -46,3 +46,7 @@ class DataError(PosttrainError):
 
 class ModelError(PosttrainError):
     """A model directory that cannot be used as a causal language model."""
+
+
+class RolloutError(PosttrainError):
+    """A rollout or reward worker that hung, died or failed: named, with the setting that bounds it."""

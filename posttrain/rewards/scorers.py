@@ -24,6 +24,7 @@ from posttrain.data.pairs import sequence_batches
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import ModelError
 from posttrain.models.io import DTYPES, check_causal_lm_dir, load_tokenizer
+from posttrain.rewards.verifier import VerifierReward
 from posttrain.tasks.base import Example, Task
 from posttrain.train.device import resolve_device
 
@@ -66,10 +67,7 @@ def score_sequences(
 
 
 def verifier_reward(task: Task, path: str | None, dtype: str) -> RewardFn:
-    def reward(examples: list[Example], texts: list[str]) -> list[float]:
-        return [task.verify(ex, text) for ex, text in zip(examples, texts)]
-
-    return reward
+    return VerifierReward(task)
 
 
 def reward_model_reward(task: Task, path: str | None, dtype: str, batch_size: int = 64) -> RewardFn:

@@ -61,6 +61,9 @@ class TorchEngine:
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=False)
 
+    def close(self) -> None:
+        """Nothing to release: the engine runs in this process."""
+
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         gen = None
         if sampling.seed is not None:

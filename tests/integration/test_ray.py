@@ -1,0 +1,205 @@
+"""Ray rollout workers and the reward pool, on a local Ray instance with 2 CPU workers.
+
+Ray is an optional extra (``pip install 'posttrain[ray]'``); CI installs it, and
+without it these tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'posttrain[ray]'")
+
+import posttrain.recipes.grpo as grpo_recipe  # noqa: E402
+import posttrain.recipes.online_dpo as online  # noqa: E402
+from posttrain.config import load_config  # noqa: E402
+from posttrain.errors import RolloutError  # noqa: E402
+from posttrain.models.io import load_model, load_tokenizer  # noqa: E402
+from posttrain.rewards.pool import RewardPool  # noqa: E402
+from posttrain.rewards.scorers import REWARDS  # noqa: E402
+from posttrain.rewards.verifier import VerifierReward  # noqa: E402
+from posttrain.rollout.base import Completion, SamplingParams  # noqa: E402
+from posttrain.rollout.ray_engine import RayEngine, RolloutWorker, share_bounds  # noqa: E402
+from posttrain.rollout.torch_engine import TorchEngine  # noqa: E402
+from posttrain.tasks.base import Example  # noqa: E402
+from posttrain.train.metrics import read_metrics  # noqa: E402
+from tests.conftest import FAST  # noqa: E402
+
+TEXTS = ["1+2=?\n", "7-3+4=?\n", "9=?\n", "12+30-5+1=?\n", "5*5=?\n"]  # 5 prompts: shares of 2 and 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the rewards and the worker double below travel by value: no worker imports this (heavy) module
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local(tiny_dir: Path) -> TorchEngine:
+    return TorchEngine(load_model(tiny_dir), load_tokenizer(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir: Path) -> Iterator[RayEngine]:
+    eng = RayEngine(tiny_dir, workers=2, sync_timeout_s=60, generate_timeout_s=60)
+    yield eng
+    eng.close()
+
+
+def prompts(local: TorchEngine) -> list[list[int]]:
+    return [local.tokenizer(t)["input_ids"] for t in TEXTS]
+
+
+def ids(cs: list[Completion]) -> list[list[int]]:
+    return [c.completion_ids for c in cs]
+
+
+def test_ray_engine_keeps_the_engine_contract(engine: RayEngine, local: TorchEngine) -> None:
+    ps = prompts(local)
+    sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=7)
+    outs = engine.generate(ps, sp)
+    assert [c.prompt_ids for c in outs] == ps  # one per prompt, in order
+    for c in outs:
+        assert len(c.logprobs) == len(c.completion_ids) <= 8
+        assert c.finish_reason == ("length" if len(c.completion_ids) == 8 else "stop")
+    assert ids(engine.generate(ps, sp)) == ids(outs)  # same seed, same draw
+    # worker 0 keeps the call's seed, so its share is what the local engine draws for it
+    first = share_bounds(len(ps), 2)[1]
+    assert ids(outs[:first]) == ids(local.generate(ps[:first], sp))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    remote, here = engine.generate(ps, greedy), local.generate(ps, greedy)
+    assert ids(remote) == ids(here)
+    for a, b in zip(remote, here):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_sync_weights_changes_what_the_workers_generate(engine: RayEngine, local: TorchEngine) -> None:
+    ps, greedy = prompts(local), SamplingParams(temperature=0.0, max_new_tokens=8)
+    before = ids(engine.generate(ps, greedy))
+    perturbed = copy.deepcopy(local.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    engine.sync_weights(perturbed.state_dict())
+    after = ids(engine.generate(ps, greedy))
+    assert after == ids(TorchEngine(perturbed, local.tokenizer).generate(ps, greedy))
+    assert after != before
+    engine.sync_weights(local.model.state_dict())  # back, for the tests that follow
+    assert ids(engine.generate(ps, greedy)) == before
+
+
+class HangingWorker(RolloutWorker):
+    """A worker whose weight load never returns, like a stuck transfer."""
+
+    def load(self, state_dict: dict[str, torch.Tensor]) -> bool:
+        time.sleep(600)
+        return True
+
+
+def test_a_hung_sync_is_a_clear_error_not_a_hang(tiny_dir: Path, local: TorchEngine) -> None:
+    hanging = RayEngine(tiny_dir, workers=1, sync_timeout_s=1.0, worker_cls=HangingWorker)
+    t0 = time.monotonic()
+    with pytest.raises(RolloutError, match=r"^rollout.sync_timeout_s: rollout worker 0 did not load the weights"):
+        hanging.sync_weights(local.model.state_dict())
+    assert time.monotonic() - t0 < 10
+    ray.kill(hanging.actors[0])  # a dead worker is named too, not a Ray traceback
+    with pytest.raises(RolloutError, match=r"^rollout.workers: rollout worker 0 died during generate"):
+        hanging.generate(prompts(local), SamplingParams(max_new_tokens=4))
+    hanging.close()
+
+
+def flaky(examples: list[Example], texts: list[str]) -> list[float]:
+    """A verifier with a bug ("boom") and an input it never finishes ("hang")."""
+    if texts[0] == "boom":
+        raise ValueError("cannot parse")
+    if texts[0] == "hang":
+        time.sleep(600)
+    return [float(t == "good") for t in texts]
+
+
+def test_reward_pool_counts_errors_and_timeouts_and_recovers() -> None:
+    pool = RewardPool(flaky, workers=2, timeout_s=1.0)
+    ex = Example(id="e", prompt="q", answer="a")
+    t0 = time.monotonic()
+    report = pool.score([ex] * 5, ["good", "boom", "hang", "bad", "good"])
+    assert time.monotonic() - t0 < 15
+    assert report.scores == [1.0, None, None, 0.0, 1.0]  # missing, never 0
+    assert (report.errors, report.timeouts) == (1, 1)
+    assert any("ValueError: cannot parse" in m for m in report.messages)
+    assert any("rollout.reward_timeout_s" in m for m in report.messages)
+    again = pool.score([ex] * 3, ["good", "bad", "good"])  # the hung worker was replaced
+    assert again.scores == [1.0, 0.0, 1.0]
+    assert (again.errors, again.timeouts) == (0, 0)
+    pool.close()
+
+
+class FlakyVerifier(VerifierReward):
+    """The task's verifier, with a bug that some of the tiny model's completions hit, deterministically."""
+
+    def __call__(self, examples: list[Example], texts: list[str]) -> list[float]:
+        if any(len(t) % 3 == 0 for t in texts):
+            raise RuntimeError("unparseable")
+        return [s + len(t) % 2 for s, t in zip(super().__call__(examples, texts), texts)]  # some signal
+
+
+def test_grpo_on_ray_workers_reports_reward_failures(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: FlakyVerifier(task))
+    overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2"]
+    ray_keys = ["rollout.backend=ray", "rollout.workers=2", "rollout.reward_workers=2", "rollout.reward_timeout_s=5"]
+    final = grpo_recipe.train_grpo(load_config(None, [*overrides, *ray_keys]))
+    records = read_metrics(tmp_path / "g" / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [1, 2]
+    assert all(r["reward_timeouts"] == 0 for r in records)
+    assert sum(r["reward_errors"] for r in records) > 0
+    assert all(r["groups_dropped"] > 0 for r in records if r["reward_errors"])
+    assert (final / "model.safetensors").is_file()
+
+
+def test_grpo_on_one_ray_worker_matches_the_in_process_run(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights reach the worker after every iteration: otherwise later iterations would sample differently."""
+    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: shorter_is_better)
+    common = [*FAST, f"model.path={tiny_dir}", "train.max_steps=2", "optim.lr=1e-2"]
+    grpo_recipe.train_grpo(load_config(None, [*common, f"output_dir={tmp_path / 't'}"]))
+    on_ray = [*common, f"output_dir={tmp_path / 'r'}", "rollout.backend=ray", "rollout.workers=1"]
+    grpo_recipe.train_grpo(load_config(None, on_ray))
+    here, there = read_metrics(tmp_path / "t" / "metrics.jsonl"), read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert [r["completion_len"] for r in there] == [r["completion_len"] for r in here]
+    assert [r["loss"] for r in there] == pytest.approx([r["loss"] for r in here], rel=1e-4)
+
+
+def shorter_is_better(examples: list[Example], texts: list[str]) -> list[float]:
+    """A reward with a preference on nearly every prompt, so every step has pairs to learn from."""
+    return [-float(len(t)) for t in texts]
+
+
+def test_online_dpo_on_one_ray_worker_matches_the_in_process_run(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker keeps the call's seed, so only a missed or stale weight sync could tell the runs apart."""
+    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: shorter_is_better)
+    common = [*FAST, f"model.path={tiny_dir}", "train.max_steps=2", "rollout.sync_every=1", "optim.lr=3e-3"]
+    common += ["rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.pairs=best_worst"]
+    online.train_online_dpo(load_config(None, [*common, f"output_dir={tmp_path / 't'}"]))
+    on_ray = [*common, f"output_dir={tmp_path / 'r'}", "rollout.backend=ray", "rollout.workers=1"]
+    online.train_online_dpo(load_config(None, on_ray))
+    here, there = read_metrics(tmp_path / "t" / "metrics.jsonl"), read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert [r["pairs"] for r in there] == [r["pairs"] for r in here]
+    assert all(r["pairs"] > 0 for r in here)
+    assert [r["loss"] for r in there] == pytest.approx([r["loss"] for r in here], rel=1e-4)
+    assert all(r["reward_errors"] == 0 and r["reward_timeouts"] == 0 for r in there)
