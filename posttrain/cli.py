@@ -10,6 +10,7 @@
     posttrain dpo      [--config F] [--resume] [key=value ...]   offline; online with a rollout section
     posttrain rm       [--config F] [--resume] [key=value ...]   Bradley-Terry reward model
     posttrain compare  --config F [--resume] [key=value ...]     DPO (offline..online) vs GRPO, over seeds
+    posttrain merge    --adapter DIR --out DIR [--dtype D]       LoRA adapters + base -> one HF model
 
 Every bad input the user controls ends in one line naming file, line and field,
 and exit status 2.
@@ -18,6 +19,7 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -60,12 +62,29 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--prompt", action="append", help="a prompt (repeatable); default: test problems")
         if name == "predict-rl":
             s.add_argument("--resume", action="store_true", help="skip SFT and GRPO stages that finished")
+    m = sub.add_parser("merge", help="fold LoRA adapters into their base model, written as a plain HF model")
+    m.add_argument("--adapter", required=True, help="a peft adapter directory, e.g. a LoRA run's final/")
+    m.add_argument("--out", required=True, help="where the merged model and tokenizer go")
+    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     return p
+
+
+DISTRIBUTED = ("sft", "dpo", "grpo")  # the commands torchrun may launch on several processes
 
 
 def dispatch(args: argparse.Namespace) -> int:
     from posttrain.config import load_config
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in DISTRIBUTED:
+        raise PosttrainError(
+            f"posttrain {args.command} runs in one process; torchrun launches only {', '.join(DISTRIBUTED)}",
+            file="command line",
+        )
+    if args.command == "merge":
+        from posttrain.recipes.merge import run_merge
+
+        run_merge(args.adapter, args.out, args.dtype)
+        return 0
     config = args.config
     if config is None and args.command == "run":
         config = default_config()
@@ -123,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except PosttrainError as e:
-        print(f"posttrain: error: {e.render()}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it once
+            print(f"posttrain: error: {e.render()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)

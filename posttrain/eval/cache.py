@@ -34,7 +34,9 @@ from typing import Any
 
 # files of a model directory that change what it generates
 _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model", "chat_template*")
-_MODEL_FILES = ("*.safetensors", "*.bin", "*.index.json", "config.json", "generation_config.json", *_TOKENIZER_FILES)
+# adapter_config.json: a LoRA run's scaling (alpha / r) and the absolute path of the base the adapters sit on
+_MODEL_FILES = ("*.safetensors", "*.bin", "*.index.json", "config.json", "generation_config.json", "adapter_config.json",
+                *_TOKENIZER_FILES)  # fmt: skip
 _CHUNK = 1 << 24
 
 

@@ -3,6 +3,11 @@
 Everything is read from disk: a directory that is missing, lacks a config, or
 holds a model that is not a causal LM fails with one line naming it, before any
 weights are touched.
+
+A peft adapter directory (``adapter_config.json``, what a LoRA run saves) stands
+for its base model plus the adapters: it passes the same checks and loads merged
+(``posttrain.models.lora``), so eval, generate and a next stage use a LoRA run's
+``final/`` like any other model directory.
 """
 
 from __future__ import annotations
@@ -21,12 +26,54 @@ from posttrain.errors import ModelError
 from posttrain.train.device import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """A peft adapter directory: adapters over the base model its config names."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """A saved model, full or adapters: what a finished stage leaves in ``final/``."""
+    return (Path(path) / "config.json").is_file() or is_adapter_dir(path)
+
+
+def adapter_base(path: str | Path) -> Path:
+    """The base model directory an adapter's ``base_model_name_or_path`` names.
+
+    posttrain writes it absolute; a relative one (moved or hand-written adapters) is
+    tried against the working directory, then against the adapter directory itself.
+    """
+    cfg_file = Path(path) / ADAPTER_CONFIG
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"adapter_config.json is not valid JSON: {e.msg}", file=str(cfg_file), line=e.lineno) from None
+    base = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
+    if not base:
+        raise ModelError("names no base model", file=str(cfg_file), field="base_model_name_or_path")
+    candidates = [Path(base)] if Path(base).is_absolute() else [Path(base), Path(path) / base]
+    for c in candidates:
+        if c.is_dir() and c.resolve() != Path(path).resolve():
+            return c
+    raise ModelError(
+        f"the base model {base!r} is not a local directory (tried {', '.join(map(str, candidates))}); "
+        "point base_model_name_or_path at it",
+        file=str(cfg_file),
+        field="base_model_name_or_path",
+    )
 
 
 def check_causal_lm_dir(path: str | Path) -> None:
     path = Path(path)
     if not path.is_dir():
         raise ModelError("model directory not found", file=str(path), field="model.path")
+    if is_adapter_dir(path):
+        if not (any(path.glob("adapter_model.safetensors")) or any(path.glob("adapter_model.bin"))):
+            raise ModelError("no adapter weights (adapter_model.safetensors)", file=str(path), field="model.path")
+        check_causal_lm_dir(adapter_base(path))
+        return
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ModelError("not a Hugging Face model directory (no config.json)", file=str(path), field="model.path")
@@ -49,6 +96,8 @@ def check_causal_lm_dir(path: str | Path) -> None:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     check_causal_lm_dir(path)
+    if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        path = adapter_base(path)  # adapters saved without a tokenizer use the base model's
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
@@ -62,6 +111,11 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
     check_causal_lm_dir(path)
+    if is_adapter_dir(path):
+        # imported here: peft takes seconds to import, and plain model directories never need it
+        from posttrain.models.lora import load_adapter_model
+
+        return load_adapter_model(path, dtype, device)
     AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
     model.to(resolve_device(device))  # type: ignore[arg-type]  # transformers types .to oddly

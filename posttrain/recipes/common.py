@@ -1,4 +1,12 @@
-"""Set-up shared by every recipe: seeds, threads, the model directory, the task."""
+"""Set-up shared by every recipe: seeds, threads, the model directory, the task.
+
+The memory knobs meet the model here: ``lora`` wraps it with peft adapters (only
+they train; ``posttrain.models.lora``) and ``train.gradient_checkpointing``
+recomputes each layer's activations in backward. Checkpointing is non-reentrant
+(``use_reentrant=False``), which gives exact gradients also when the layers'
+inputs need no gradient (frozen embeddings under LoRA), and it acts only in
+train mode: the samplers switch the model to eval and keep their KV cache.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,16 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 import transformers
 
 from posttrain.config import Config, DataConfig, to_dict
-from posttrain.models.io import check_causal_lm_dir, context_length, load_model, load_tokenizer
+from posttrain.errors import ConfigError
+from posttrain.models.io import check_causal_lm_dir, context_length, is_adapter_dir, load_model, load_tokenizer
+from posttrain.models.lora import BaseView, check_lora, is_lora, load_lora_policy, merged_copy
 from posttrain.models.tiny import build_tiny
 from posttrain.tasks.arithmetic import ArithmeticTask
 from posttrain.tasks.base import Task
@@ -38,19 +48,46 @@ def open_stage(cfg: Config, resume: bool, loader: Loader | None = None) -> Stage
     """Set up, resolve the model, and load it from the last checkpoint when resuming.
 
     The tokenizer always comes from ``model.path``; the weights from the checkpoint
-    if there is one. ``loader`` replaces the causal-LM loader (the reward model's).
+    if there is one (with LoRA, its adapters over the base at ``model.path``).
+    ``loader`` replaces the causal-LM loader (the reward model's, which has no LoRA).
     """
+    if cfg.lora is not None:
+        if loader is not None:
+            raise ConfigError(
+                "posttrain rm trains every weight and a new value head; remove the lora section", field="lora"
+            )
+        check_lora(cfg.lora, cfg.model.device)  # QLoRA's one-line error before any work
     out = setup(cfg)
     cfg = model_dir(cfg)
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     assert cfg.model.path is not None  # model_dir resolved it
     tokenizer = load_tokenizer(cfg.model.path)
     path = ckpt or Path(cfg.model.path)
-    model = loader(path, tokenizer) if loader else load_model(path, cfg.model.dtype, cfg.model.device)
+    if loader:
+        model = loader(path, tokenizer)
+    elif cfg.lora is not None:
+        if ckpt is not None and not is_adapter_dir(ckpt):
+            raise ConfigError(f"{ckpt} holds full weights, not adapters: resume without the lora section", field="lora")
+        model = load_lora_policy(cfg.model.path, cfg.lora, cfg.model.dtype, cfg.model.device, adapter=ckpt)
+    elif ckpt is not None and is_adapter_dir(ckpt):
+        raise ConfigError(f"{ckpt} holds LoRA adapters: resume with the run's lora section", field="lora")
+    else:
+        model = load_model(path, cfg.model.dtype, cfg.model.device)
+    if cfg.train.gradient_checkpointing:
+        enable_checkpointing(model)
     model.train()
     ctx = context_length(model)
     max_len = min(cfg.train.max_seq_len, ctx) if ctx else cfg.train.max_seq_len
     return Stage(cfg, out, ckpt, tokenizer, model, max_len)
+
+
+def enable_checkpointing(model: transformers.PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing, under transformers 5's name where it has it."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers 4.x
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def setup(cfg: Config) -> Path:
@@ -64,19 +101,45 @@ def setup(cfg: Config) -> Path:
     transformers.utils.logging.disable_progress_bar()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # torchrun: rank 0 writes
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     return out
 
 
 def model_dir(cfg: Config) -> Config:
-    """``cfg`` with ``model.path`` set: the given directory, or the tiny model built once."""
+    """``cfg`` with ``model.path`` set to a full model directory: the given one, or the tiny model built once.
+
+    An adapter directory (a LoRA stage's ``final/``) is merged once into
+    ``output_dir/merged_base`` and the stage starts from that: the next stage of a
+    pipeline trains the merged model (with fresh adapters if it has a lora section),
+    and everything that reads ``model.path`` (reference, caches, QLoRA, resume) sees
+    one ordinary directory.
+    """
     if cfg.model.path is not None:
         check_causal_lm_dir(cfg.model.path)
+        if is_adapter_dir(cfg.model.path):
+            merged = merged_copy(cfg.model.path, cfg.out / "merged_base", cfg.model.dtype)
+            return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(merged)))
         return cfg
     base = cfg.out / "base"
     if not (base / "config.json").is_file():
         build_tiny(cfg.model.tiny, base, cfg.seed)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(base)))
+
+
+def reference_model(cfg: Config, policy: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """The frozen initial policy, for DPO's reference and GRPO's KL term.
+
+    With LoRA, the policy's own base with its adapters off (``BaseView``): equal to
+    the initial policy because adapters start at ``lora_B = 0``, and no second copy
+    of the weights. Otherwise a second copy loaded from ``model.path``.
+    """
+    if is_lora(policy):
+        return cast(transformers.PreTrainedModel, BaseView(policy))  # called like a model: all a reference needs
+    assert cfg.model.path is not None  # model_dir resolved it
+    ref = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()
+    ref.requires_grad_(False)
+    return ref
 
 
 def make_task(data: DataConfig) -> Task:

@@ -33,6 +33,7 @@ from typing import Any
 from posttrain.config import Config, apply_overlay, load_config
 from posttrain.errors import ConfigError
 from posttrain.eval.comparison import format_comparison, plot_accuracy_curve, summarize_points, top_k
+from posttrain.models.io import is_model_dir
 from posttrain.recipes.common import model_dir, setup
 from posttrain.recipes.dpo import train_dpo
 from posttrain.recipes.evaluate import evaluate_dirs
@@ -149,7 +150,7 @@ def run_compare(
         stage = dataclasses.replace(
             sft_cfg, output_dir=str(out / "sft"), model=dataclasses.replace(sft_cfg.model, path=base_model)
         )
-        done = (out / "sft" / "final" / "config.json").is_file()
+        done = is_model_dir(out / "sft" / "final")
         sft = str(out / "sft" / "final") if resume and done else str(train_sft(stage, resume=resume))
     points = Points(out / "points.jsonl", resume)
     evaluate_point(eval_cfg, points, "sft", None, 0, Path(sft))

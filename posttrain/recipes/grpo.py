@@ -19,6 +19,7 @@ The math lives in ``posttrain.algorithms.grpo``; this file is wiring only.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,13 +36,16 @@ from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, GRPOConfig
 from posttrain.data.batch import TokenBatch, collate, per_token
 from posttrain.data.tokenize import check_length, encode_prompt
-from posttrain.models.io import context_length, load_model, save_pretrained_atomic
-from posttrain.recipes.common import derive_seed, make_task, open_stage
-from posttrain.rewards.scorers import REWARDS, RewardFn, verifier_reward
+from posttrain.models.io import context_length
+from posttrain.recipes.common import derive_seed, make_task, reference_model
+from posttrain.recipes.launch import open_training
+from posttrain.rewards.pool import LocalScorer, Scorer, ScoreReport, build_scorer
+from posttrain.rewards.scorers import REWARDS, verifier_reward
 from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
-from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.rollout.factory import build_engine, sync_engine
 from posttrain.tasks.base import Example, Task
-from posttrain.train.checkpoint import load_trainer_state, save_checkpoint
+from posttrain.train import distributed
+from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
 from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
@@ -52,9 +56,15 @@ class Rollouts:
     """One iteration's scored samples, grouped: row i*G + j is sample j of prompt i."""
 
     completions: list[Completion]
-    rewards: torch.Tensor  # (N, G) after overlong handling
-    raw_rewards: torch.Tensor  # (N, G) verifier scores
+    rewards: torch.Tensor  # (N, G) after overlong handling; NaN where the reward is missing
+    raw_rewards: torch.Tensor  # (N, G) verifier scores; NaN where the reward raised or timed out
     truncated: torch.Tensor  # (N, G) bool
+    report: ScoreReport | None = None  # the reward's failures: counts and first messages
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """(N, G) bool: samples with a reward. A missing one is never read as 0."""
+        return ~self.raw_rewards.isnan()
 
 
 def sample_rollouts(
@@ -64,19 +74,46 @@ def sample_rollouts(
     prompts: list[list[int]],
     cfg: GRPOConfig,
     sampling: SamplingParams,
-    reward_fn: RewardFn | None = None,
+    scorer: Scorer | None = None,
 ) -> Rollouts:
-    """Sample G completions per prompt; reward = ``reward_fn`` (default: the task's verifier)."""
+    """Sample G completions per prompt; reward = ``scorer``'s (default: the task's verifier, in process)."""
     G = cfg.samples_per_prompt
     completions = engine.generate([p for p in prompts for _ in range(G)], sampling)
-    score = reward_fn or verifier_reward(task, None, "float32")
-    scores = score([examples[i // G] for i in range(len(completions))], [c.text for c in completions])
+    scorer = scorer or LocalScorer(verifier_reward(task, None, "float32"))
+    # a failed sample dooms its group, so the group's remaining samples need not be scored
+    rows = range(len(completions))
+    report = scorer.score(
+        [examples[i // G] for i in rows], [c.text for c in completions], groups=[i // G for i in rows]
+    )
+    scores = [math.nan if s is None else s for s in report.scores]
     raw = torch.tensor(scores, dtype=torch.float32).view(len(examples), G)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions]).view(len(examples), G)
     rewards = raw.clone()
     if cfg.overlong == "penalty":
-        rewards[truncated] = cfg.overlong_reward
-    return Rollouts(completions, rewards, raw, truncated)
+        rewards[truncated & ~raw.isnan()] = cfg.overlong_reward
+    return Rollouts(completions, rewards, raw, truncated, report)
+
+
+def reward_metrics(ro: Rollouts, it: int) -> dict[str, float]:
+    """Reward mean and std over the scored samples only, and the count of each kind of failure.
+
+    A failure is also printed (the first message), so that a verifier that breaks is
+    seen while the run goes on, not discovered in the metrics afterwards.
+    """
+    scored = ro.raw_rewards[ro.scored]
+    report = ro.report or ScoreReport([])
+    if report.messages:
+        console.print(
+            f"grpo iteration {it + 1}: {report.errors} reward errors, {report.timeouts} timeouts; "
+            f"their groups are left out. First: {report.messages[0]}",
+            markup=False,
+        )
+    return {
+        "reward": float(scored.mean()) if len(scored) else math.nan,
+        "reward_std": float(scored.std()) if len(scored) > 1 else math.nan,
+        "reward_errors": report.errors,
+        "reward_timeouts": report.timeouts,
+    }
 
 
 def rollout_batch(ro: Rollouts, cfg: GRPOConfig, max_len: int, pad_id: int) -> tuple[TokenBatch | None, float]:
@@ -86,6 +123,7 @@ def rollout_batch(ro: Rollouts, cfg: GRPOConfig, max_len: int, pad_id: int) -> t
     keep_group = (
         ~uniform_groups(ro.rewards) if cfg.drop_uniform_groups else torch.ones(len(ro.rewards), dtype=torch.bool)
     )
+    keep_group &= ro.scored.all(dim=1)  # a group with a missing reward has no baseline: it gets no loss
     dropped = 1.0 - float(keep_group.float().mean())
     rows = [i for i in range(len(ro.completions)) if keep_group[i // G]]
     if not rows:
@@ -131,20 +169,51 @@ def minibatch_rows(batch: TokenBatch | None, minibatches: int) -> list[list[int]
     return out
 
 
+def global_rollout_metrics(ro: Rollouts, dropped: float, gen_tokens: int, gen_seconds: float) -> dict[str, float]:
+    """Under torchrun, the iteration's rollout metrics over every rank's samples, as one process logs them.
+
+    Each rank sampled its share of the prompts; sums (and sums of squares, for the
+    reward's std) over ranks give the numbers of the whole batch.
+    """
+    scored = ro.raw_rewards[ro.scored].double()
+    report = ro.report or ScoreReport([])
+    n, s1, s2, groups, drops, trunc, samples, tokens, errors, timeouts = distributed.all_sum(
+        [len(scored), float(scored.sum()), float((scored**2).sum()), len(ro.rewards), dropped * len(ro.rewards),
+         float(ro.truncated.sum()), len(ro.completions), gen_tokens, report.errors, report.timeouts]
+    )  # fmt: skip
+    seconds = distributed.all_max(gen_seconds)
+    return {
+        "reward": s1 / n if n else math.nan,
+        "reward_std": math.sqrt(max(0.0, (s2 - s1 * s1 / n) / (n - 1))) if n > 1 else math.nan,
+        "reward_errors": int(errors),
+        "reward_timeouts": int(timeouts),
+        "groups_dropped": drops / groups,
+        "truncated_frac": trunc / samples,
+        "completion_len": tokens / samples,
+        "gen_tokens_per_s": tokens / seconds,
+        "gen_seconds": seconds,
+    }
+
+
 def train_grpo(cfg: Config, resume: bool = False) -> Path:
-    """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
-    cfg, out, ckpt, tokenizer, model, _ = open_stage(cfg, resume)
+    """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``.
+
+    Under torchrun each rank samples every world-th prompt of an iteration with its
+    own seed (whole groups, so advantages stay within a rank) and the update and the
+    logged numbers are summed over ranks.
+    """
+    (cfg, out, ckpt, tokenizer, model, _), net = open_training(cfg, resume)
     g = cfg.grpo
-    ref = None
-    if g.kl_coef > 0:
-        ref = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()  # type: ignore[arg-type]
-        ref.requires_grad_(False)
+    distributed.check_divisible(g.prompts_per_step, "grpo.prompts_per_step")
+    ref = reference_model(cfg, model) if g.kl_coef > 0 else None  # with LoRA: the policy, adapters off
     task = make_task(cfg.data)
     reward_fn = REWARDS[g.reward](task, g.reward_model_path, cfg.model.dtype)
-    engine = TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+    scorer = build_scorer(cfg.rollout, reward_fn, pooled=g.reward == "verifier")
+    assert cfg.model.path is not None  # open_stage resolved it
+    engine = build_engine(cfg, model, tokenizer, cfg.model.path)
     total_updates = cfg.train.max_steps * g.updates_per_batch * g.minibatches
     optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
-    start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
+    start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key="iteration")
     ctx = context_length(model)
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
@@ -153,13 +222,17 @@ def train_grpo(cfg: Config, resume: bool = False) -> Path:
         task_id = bar.add_task("grpo", total=cfg.train.max_steps, completed=start, info="")
         for it in range(start, cfg.train.max_steps):
             last = grpo_iteration(
-                cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer, reward_fn
+                cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer, scorer, net
             )
+            if it + 1 < cfg.train.max_steps:
+                sync_engine(engine, model)  # a no-op for the in-process engine, which samples from `model`
             bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}")
             if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
                 save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler)
     writer.close()
-    final = save_pretrained_atomic(model, tokenizer, out / "final")
+    engine.close()
+    scorer.close()
+    final = save_final(model, tokenizer, out / "final")
     if last:
         console.print(f"grpo: {cfg.train.max_steps} iterations, last reward {last['reward']:.3f} -> {final}")
     return final
@@ -178,39 +251,45 @@ def grpo_iteration(
     ctx: int | None,
     pad: int,
     writer: MetricsWriter,
-    reward_fn: RewardFn | None = None,
+    scorer: Scorer | None = None,
+    net: torch.nn.Module | None = None,
 ) -> dict[str, float]:
+    """One iteration; ``net`` is what training forwards go through when it is not ``model`` (DDP)."""
     g, s = cfg.grpo, cfg.sampling
     t0 = time.perf_counter()
-    examples = task.examples("train", g.prompts_per_step, derive_seed(cfg.seed, it, 2))
+    examples = distributed.shard(task.examples("train", g.prompts_per_step, derive_seed(cfg.seed, it, 2)))
     prompts = [encode_prompt(tokenizer, task.prompt(ex)) for ex in examples]
     for ex, p in zip(examples, prompts):
         check_length(ex, len(p), s.max_new_tokens, ctx)
-    sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, it, 3))
-    with precision(model.device, cfg.train.mixed_precision):
-        ro = sample_rollouts(engine, task, examples, prompts, g, sampling, reward_fn)
+    seed = derive_seed(cfg.seed, it, 3) + distributed.rank()  # each rank its own samples
+    sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=seed)
+    with precision(model.device, cfg.train.mixed_precision), distributed.full_weights(model):
+        ro = sample_rollouts(engine, task, examples, prompts, g, sampling, scorer)
     gen_seconds = time.perf_counter() - t0
     gen_tokens = sum(len(c.completion_ids) for c in ro.completions)
     batch, dropped = rollout_batch(ro, g, s.max_new_tokens, pad)
     base: dict[str, Any] = {
         "stage": "grpo",
         "iteration": it + 1,
-        "reward": float(ro.raw_rewards.mean()),
-        "reward_std": float(ro.raw_rewards.std()),
+        **reward_metrics(ro, it),
         "groups_dropped": dropped,
         "truncated_frac": float(ro.truncated.float().mean()),
         "completion_len": gen_tokens / len(ro.completions),
         "gen_tokens_per_s": gen_tokens / gen_seconds,
         "gen_seconds": gen_seconds,
     }
+    if distributed.active():
+        base.update(global_rollout_metrics(ro, dropped, gen_tokens, gen_seconds))
     if batch is not None and ref is not None:
         with precision(model.device, cfg.train.mixed_precision):
             add_ref_logprobs(ref, batch, s.temperature or 1.0, cfg.train.micro_batch_size)
 
+    trained = model if net is None else net
+
     def loss_fn(mb: TokenBatch) -> LossOutput:
         mb = mb.to(model.device)
         with precision(model.device, cfg.train.mixed_precision):
-            logprobs, entropy = token_logprobs(model, mb, s.temperature or 1.0, with_entropy=True)
+            logprobs, entropy = token_logprobs(trained, mb, s.temperature or 1.0, with_entropy=True)
         return grpo_loss(
             logprobs, mb.extra["old_logprobs"], mb.extra["advantages"], mb.response_mask, mb.extra["weights"],
             g.clip_low, g.clip_high, mb.extra.get("ref_logprobs"), g.kl_coef, g.kl_estimator, entropy,
@@ -221,17 +300,18 @@ def grpo_iteration(
     for u in range(g.updates_per_batch * g.minibatches):
         step = it * g.updates_per_batch * g.minibatches + u + 1
         rows = chunks[u % g.minibatches]
-        if batch is None or not rows:  # no group with signal: no update, the schedule still advances
+        if not distributed.all_sum([len(rows)])[0]:  # no group with signal: no update, the schedule still advances
             with warnings.catch_warnings():  # torch warns when the scheduler steps without the optimiser
                 warnings.simplefilter("ignore", UserWarning)
                 scheduler.step()
             writer.write({**base, "step": step, "loss": None, "skipped": True})
             continue
-        mbs = cfg.train.micro_batch_size
-        micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
-        _, count = LOSS_WEIGHTS[g.loss_agg](batch.response_mask[rows], s.max_new_tokens)
+        mbs, micro, count = cfg.train.micro_batch_size, list[TokenBatch](), 0.0
+        if batch is not None and rows:  # under torchrun this rank may hold no rows: the loop pads it
+            micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
+            _, count = LOSS_WEIGHTS[g.loss_agg](batch.response_mask[rows], s.max_new_tokens)
         t1 = time.perf_counter()
-        stats = optimizer_step(model, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
-        tokens = sum(mb.num_tokens for mb in micro)
+        stats = optimizer_step(trained, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
+        tokens = distributed.all_sum([sum(mb.num_tokens for mb in micro)])[0]
         writer.write({**base, "step": step, **stats, "tokens_per_s": tokens / (time.perf_counter() - t1)})
     return {**base, **stats}

@@ -5,6 +5,11 @@ its ``stages.<name>`` overlay and writes under ``output_dir/<stage>/``; the next
 stage starts from the previous stage's ``final/`` directory. With ``resume`` a
 stage whose ``final/`` exists is skipped and an interrupted one continues from
 its last checkpoint.
+
+With a ``lora`` section, a stage's ``final/`` is an adapter directory; the next
+stage starts from it merged into a full model (``output_dir/<stage>/merged_base``,
+see ``posttrain.recipes.common.model_dir``) and trains fresh adapters of its own,
+and evaluation loads it merged in memory.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from posttrain.config import Config, load_config
 from posttrain.eval.report import write_report
+from posttrain.models.io import is_model_dir
 from posttrain.recipes.common import model_dir, setup
 from posttrain.recipes.evaluate import evaluate_dirs, write_results
 from posttrain.recipes.grpo import train_grpo
@@ -29,7 +35,7 @@ def _stage(cfg: Config, out: Path, name: str, model_path: str) -> Config:
 
 
 def _done(stage_dir: Path) -> bool:
-    return (stage_dir / "final" / "config.json").is_file()
+    return is_model_dir(stage_dir / "final")  # a full model, or a LoRA run's adapters
 
 
 def run_pipeline(

@@ -31,6 +31,7 @@ from posttrain.config import Config, load_config
 from posttrain.errors import ConfigError, DataError
 from posttrain.eval.predict import format_prediction, large_k, predict, ranks, spearman, spearman_pvalue
 from posttrain.eval.report import plot_pass_at_k, plot_predictors
+from posttrain.models.io import is_model_dir
 from posttrain.recipes.common import model_dir, setup
 from posttrain.recipes.evaluate import evaluate_dirs
 from posttrain.recipes.grpo import train_grpo
@@ -73,7 +74,7 @@ def _at(cfg: Config, out: Path, model_path: str) -> Config:
 
 def _train(stage: str, cfg: Config, resume: bool) -> float:
     """Run one SFT or GRPO stage unless resuming past it; its wall time in seconds."""
-    if resume and (Path(cfg.out) / "final" / "config.json").is_file():
+    if resume and is_model_dir(Path(cfg.out) / "final"):
         return 0.0
     t0 = time.perf_counter()
     (train_sft if stage == "sft" else train_grpo)(cfg, resume=resume)
