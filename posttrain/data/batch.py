@@ -135,3 +135,27 @@ def pack(batch: TokenBatch, capacity: int = 0) -> TokenBatch:
             o += n
         positions[b, o:] = torch.arange(width - o)
     return TokenBatch(input_ids, attention, response, extra, positions)
+
+
+def packed_micro_batches(batch: TokenBatch, micro_batch_size: int) -> list[TokenBatch]:
+    """``batch`` packed into rows of its longest sequence's length, ``micro_batch_size`` packed rows per pass.
+
+    A packed row is never longer than the longest original row, so a micro-batch
+    holds no more tokens than an unpacked one of the same size: memory is bounded
+    the same way, with the padding turned into real sequences.
+    """
+    packed = pack(batch)
+    assert packed.position_ids is not None
+    out = []
+    for a in range(0, len(packed.input_ids), micro_batch_size):
+        b = a + micro_batch_size
+        out.append(
+            TokenBatch(
+                packed.input_ids[a:b],
+                packed.attention_mask[a:b],
+                packed.response_mask[a:b],
+                {k: v[a:b] for k, v in packed.extra.items()},
+                packed.position_ids[a:b],
+            )
+        )
+    return out

@@ -34,7 +34,7 @@ from posttrain.algorithms.grpo import LOSS_WEIGHTS, group_advantages, grpo_loss,
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, GRPOConfig
-from posttrain.data.batch import TokenBatch, collate, per_token
+from posttrain.data.batch import TokenBatch, collate, packed_micro_batches, per_token
 from posttrain.data.tokenize import check_length, encode_prompt
 from posttrain.models.io import context_length
 from posttrain.recipes.common import derive_seed, make_task, reference_model
@@ -308,7 +308,10 @@ def grpo_iteration(
             continue
         mbs, micro, count = cfg.train.micro_batch_size, list[TokenBatch](), 0.0
         if batch is not None and rows:  # under torchrun this rank may hold no rows: the loop pads it
-            micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
+            if cfg.train.packing:
+                micro = packed_micro_batches(batch.select(rows), mbs)
+            else:
+                micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
             _, count = LOSS_WEIGHTS[g.loss_agg](batch.response_mask[rows], s.max_new_tokens)
         t1 = time.perf_counter()
         stats = optimizer_step(trained, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)

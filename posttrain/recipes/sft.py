@@ -24,7 +24,7 @@ from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.sft import sft_loss
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DataConfig, TrainConfig
-from posttrain.data.batch import TokenBatch, collate, length_buckets
+from posttrain.data.batch import TokenBatch, collate, length_buckets, packed_micro_batches
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import DataError
 from posttrain.recipes.common import derive_seed, make_task, train_examples_count
@@ -120,10 +120,13 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
             rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
             if distributed.active():
                 rows = distributed.shard(sorted(rows, key=lambda i: lengths[i]))
-            micro = [
-                collate([data[i][0] for i in b], [data[i][1] for i in b], pad)
-                for b in length_buckets(lengths, rows, mbs)
-            ]
+            if cfg.train.packing:  # the step's rows end to end instead of padded
+                micro = packed_micro_batches(collate([data[i][0] for i in rows], [data[i][1] for i in rows], pad), mbs)
+            else:
+                micro = [
+                    collate([data[i][0] for i in b], [data[i][1] for i in b], pad)
+                    for b in length_buckets(lengths, rows, mbs)
+                ]
             count = float(sum(mb.response_mask.sum() for mb in micro))
             t0 = time.perf_counter()
             stats = optimizer_step(net, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
