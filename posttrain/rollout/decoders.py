@@ -128,11 +128,31 @@ class StaticLlamaDecoder:
             self.values.append(torch.empty(shape, dtype=v.dtype, device=v.device))
         self.keys[i][:, :, start:end] = k
         self.values[i][:, :, start:end] = v
-        out = F.scaled_dot_product_attention(
-            q, self.keys[i][:, :, :end], self.values[i][:, :, :end], attn_mask=mask, scale=attn.scaling,
-            enable_gqa=self.kv_heads != self.heads,
-        )  # fmt: skip
+        keys, values = self.keys[i][:, :, :end], self.values[i][:, :, :end]
+        if T == 1:  # a decode step: two small matmuls beat the fused kernel's set-up for one query
+            out = _one_query_attention(q, keys, values, mask, attn.scaling)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=self.kv_heads != self.heads
+            )
         return attn.o_proj(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+
+
+def _one_query_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v for q (B, H, 1, D) over keys/values (B, H_kv, S, D).
+
+    Grouped-query attention: the H query heads are viewed as (H_kv, H / H_kv) so
+    each group reads its shared key/value head without copying it.
+    """
+    B, H, _, D = q.shape
+    Hkv, S = keys.shape[1], keys.shape[2]
+    qg = q.reshape(B, Hkv, H // Hkv, D)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale  # (B, Hkv, H/Hkv, S)
+    scores = scores.masked_fill(~mask.view(B, 1, 1, S), float("-inf"))
+    out = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(values.dtype), values)  # (B, Hkv, H/Hkv, D)
+    return out.reshape(B, H, 1, D)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
