@@ -41,7 +41,7 @@ from posttrain.eval.summary import Sample, heldout_summary, summarize
 from posttrain.models.io import context_length, load_model, load_tokenizer
 from posttrain.recipes.common import derive_seed, make_task, setup
 from posttrain.rollout.base import SamplingParams
-from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.rollout.torch_engine import SAMPLER_VERSION, TorchEngine
 from posttrain.tasks.base import Example, Task
 from posttrain.train.metrics import console
 
@@ -175,6 +175,7 @@ def sample_cache(
         "dtype": str(engine.model.dtype),
         "device": engine.model.device.type,
         "decode": "static" if engine.fast else "generic",  # two sampler code paths, two sets of numerics
+        "sampler": SAMPLER_VERSION,
         "torch": torch.__version__,
         "problems": digest([[ex.id, ex.prompt, ex.answer] for ex in problems]),
         "temperature": ecfg.temperature,

@@ -32,6 +32,10 @@ class Decoder(Protocol):
 
     def step(self, tokens: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows of the cache (finished rows leave the batch)."""
+        ...
+
 
 class HFDecoder:
     def __init__(self, model: PreTrainedModel) -> None:
@@ -50,6 +54,9 @@ class HFDecoder:
         )  # fmt: skip
         self.cache = out.past_key_values
         return out.logits[:, -1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows)
 
 
 def supports_static_decode(model: PreTrainedModel) -> bool:
@@ -86,6 +93,10 @@ class StaticLlamaDecoder:
 
     def step(self, tokens: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self._forward(tokens, attention, positions)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
 
     def _forward(self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run ``ids`` (B, T) at cache slots [length, length + T); ``attention`` covers all slots so far."""

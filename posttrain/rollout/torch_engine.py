@@ -39,6 +39,29 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+# Finished rows are dropped from the batch once no more than this share of it is still
+# running: each drop copies the KV cache once, so it is worth it only when it removes many.
+COMPACT_AT = 0.75
+# Bumped when the same seed starts giving different samples (cached evaluation samples are keyed by it).
+SAMPLER_VERSION = 2
+
+
+def _sample(
+    logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of each row and its logprob under softmax(logits / T), before truncation."""
+    logits = logits.float()
+    if sampling.temperature > 0:
+        logits = logits / sampling.temperature
+    step_logprobs = logits.log_softmax(-1)
+    if sampling.temperature == 0:
+        token = logits.argmax(-1)
+    else:
+        probs = _filter_logits(logits, sampling.top_k, sampling.top_p).softmax(-1)
+        token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)
+
+
 class TorchEngine:
     """Generates from ``model`` in place: the trainer's own module, or a copy it syncs."""
 
@@ -89,38 +112,38 @@ class TorchEngine:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         stop = torch.tensor(sorted(self.stop_ids), device=device)
 
-        tokens = torch.full((B, sampling.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
-        logprobs = torch.zeros((B, sampling.max_new_tokens), device=device)
-        lengths = torch.full((B,), sampling.max_new_tokens, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        decoder: Decoder = (
-            StaticLlamaDecoder(model, L + sampling.max_new_tokens) if self.fast else HFDecoder(model)
-        )
+        T = sampling.max_new_tokens
+        tokens = torch.full((B, T), self.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((B, T), device=device)
+        lengths = torch.full((B,), T, dtype=torch.long, device=device)
+        stopped = torch.zeros(B, dtype=torch.bool, device=device)
+        decoder: Decoder = StaticLlamaDecoder(model, L + T) if self.fast else HFDecoder(model)
         logits = decoder.prefill(input_ids, attention, positions)
         next_pos = positions[:, -1:] + 1
-        for t in range(sampling.max_new_tokens):
-            logits = logits.float()
-            if sampling.temperature > 0:
-                logits = logits / sampling.temperature
-            step_logprobs = logits.log_softmax(-1)
-            if sampling.temperature == 0:
-                token = logits.argmax(-1)
-            else:
-                probs = _filter_logits(logits, sampling.top_k, sampling.top_p).softmax(-1)
-                token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-            token = token.masked_fill(done, self.pad_id)
-            tokens[:, t] = token
-            logprobs[:, t] = step_logprobs.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
-            finished_now = ~done & torch.isin(token, stop)
-            lengths = torch.where(finished_now, t + 1, lengths)
-            done |= finished_now
-            if bool(done.all()) or t + 1 == sampling.max_new_tokens:
+        rows = torch.arange(B, device=device)  # the batch row of each row still being decoded
+        running = torch.ones(B, dtype=torch.bool, device=device)
+        for t in range(T):
+            token, token_logprob = _sample(logits, sampling, gen)
+            token = token.masked_fill(~running, self.pad_id)
+            tokens[rows, t] = token
+            logprobs[rows, t] = token_logprob.masked_fill(~running, 0.0)
+            finished_now = running & torch.isin(token, stop)
+            lengths[rows] = torch.where(finished_now, t + 1, lengths[rows])
+            stopped[rows] |= finished_now
+            running &= ~finished_now
+            still = int(running.sum())
+            if still == 0 or t + 1 == T:
                 break
-            attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
+            if still <= COMPACT_AT * len(rows):  # drop finished rows instead of decoding padding for them
+                keep = running.nonzero().squeeze(1)
+                decoder.select(keep)
+                rows, running, token = rows[keep], running[keep], token[keep]
+                attention, next_pos = attention[keep], next_pos[keep]
+            attention = torch.cat([attention, running.long()[:, None]], dim=1)
             logits = decoder.step(token[:, None], attention, next_pos)
             next_pos = next_pos + 1
         model.train(was_training)
-        return self._records(prompts, tokens.tolist(), logprobs.tolist(), lengths.tolist(), done.tolist())
+        return self._records(prompts, tokens.tolist(), logprobs.tolist(), lengths.tolist(), stopped.tolist())
 
     def _records(
         self,

@@ -97,3 +97,44 @@ def test_fast_decode_matches_the_plain_path(engine: TorchEngine, temperature: fl
     assert [c.completion_ids for c in a] == [c.completion_ids for c in b]
     for x, y in zip(a, b):
         assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dropping_finished_rows_changes_no_greedy_output(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """Rows that stop leave the batch (their cache rows too); the others decode exactly as before."""
+    import posttrain.rollout.torch_engine as te
+
+    model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the untrained model repeats one token; large random weights vary it per row
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    texts = [f"{a}+{b}=?\n" for a in range(1, 9) for b in (3, 47)]
+    ps = [tok(t)["input_ids"] for t in texts]
+    plain = TorchEngine(model, tok, batch_size=16, fast=fast)
+    sp = SamplingParams(temperature=0.0, max_new_tokens=16)
+    monkeypatch.setattr(te, "COMPACT_AT", 0.0)  # never drop a row
+    # a stop token at which rows finish at different steps (the untrained model's eos would end them all at once)
+    plain.stop_ids = set()
+    free = plain.generate(ps, sp)
+    for candidate in sorted({t for c in free for t in c.completion_ids[1:]}):
+        firsts = {c.completion_ids.index(candidate) if candidate in c.completion_ids else 99 for c in free}
+        if len(firsts) >= 3:
+            break
+    plain.stop_ids = {candidate}
+    keep_all = plain.generate(ps, sp)
+    lengths = [len(c.completion_ids) for c in keep_all]
+    assert len(set(lengths)) >= 3 and any(c.finish_reason == "stop" for c in keep_all)
+    selects = []
+    decoder = te.StaticLlamaDecoder if fast else te.HFDecoder
+    original = decoder.select
+    monkeypatch.setattr(decoder, "select", lambda self, rows: (selects.append(len(rows)), original(self, rows)))
+    monkeypatch.setattr(te, "COMPACT_AT", 0.75)
+    dropped = plain.generate(ps, sp)
+    assert selects  # the batch really shrank
+    assert [c.completion_ids for c in dropped] == [c.completion_ids for c in keep_all]
+    assert [c.finish_reason for c in dropped] == [c.finish_reason for c in keep_all]
+    for a, b in zip(dropped, keep_all):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
