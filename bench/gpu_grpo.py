@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -27,28 +27,15 @@ from posttrain.recipes.grpo import train_grpo
 from posttrain.recipes.sft import train_sft
 from posttrain.train.metrics import read_metrics
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_peak  # noqa: E402
+
 SIZE = [  # ~0.47B parameters with the 107-symbol character vocabulary
     "model.tiny.hidden_size=1280",
     "model.tiny.num_layers=24",
     "model.tiny.num_heads=20",
     "model.tiny.intermediate_size=3456",
 ]
-
-
-def matmul_peak(n: int = 8192, reps: int = 10) -> float:
-    """Median bf16 TFLOP/s of an n x n x n matmul on this device."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e12
 
 
 def main() -> None:
@@ -75,7 +62,7 @@ def main() -> None:
         "grpo.drop_uniform_groups=false",  # every iteration trains, so step times are comparable
         "eval.batch_size=1024",
     ]
-    peak = matmul_peak()
+    peak = matmul_peak("cuda", torch.bfloat16, n=8192)
     sft_dir = train_sft(load_config("recipes/quickstart.yaml", common, stage="sft"))
     grpo_cfg = load_config(
         "recipes/quickstart.yaml", [*common, f"output_dir={out}/grpo", f"model.path={sft_dir}"], stage="grpo"

@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TASK, median, side_by_side, step_timer, versions  # noqa: E402
@@ -26,25 +27,35 @@ from common import TASK, median, side_by_side, step_timer, versions  # noqa: E40
 PROMPTS, G, MAX_NEW, LR = 16, 8, 48, 5e-5
 
 
-def run_posttrain(model: str, steps: int) -> dict[str, float]:
+def train_posttrain(
+    model: str, steps: int, packing: bool, extra: list[str] | None = None, out: Path | None = None
+) -> Path:
+    """Run posttrain's GRPO with the benchmark's settings; return its output directory."""
     from posttrain.config import load_config
     from posttrain.recipes.grpo import train_grpo
-    from posttrain.train.metrics import read_metrics
 
-    out = Path(tempfile.mkdtemp())
+    out = out or Path(tempfile.mkdtemp())
     cfg = load_config(None, [
         f"model.path={model}", f"output_dir={out}", f"train.max_steps={steps}", "train.micro_batch_size=128",
         f"optim.lr={LR}", "optim.beta2=0.99", f"grpo.prompts_per_step={PROMPTS}", f"grpo.samples_per_prompt={G}",
         f"sampling.max_new_tokens={MAX_NEW}", "grpo.drop_uniform_groups=false", "grpo.overlong=mask",
         f"data.arithmetic.num_operands={TASK.num_operands}", f"data.arithmetic.digits={TASK.digits}",
+        f"train.packing={packing}", *(extra or []),
     ])  # fmt: skip
     train_grpo(cfg)
-    records = read_metrics(out / "metrics.jsonl")
+    return out
+
+
+def run_posttrain(model: str, steps: int, packing: bool = False) -> dict[str, float]:
+    from posttrain.train.metrics import read_metrics
+
+    records = read_metrics(train_posttrain(model, steps, packing) / "metrics.jsonl")
     seconds = [r["gen_seconds"] + r["step_seconds"] for r in records[2:]]
     return {"seconds_per_step": statistics.median(seconds), "reward": statistics.mean(r["reward"] for r in records)}
 
 
-def run_trl(model: str, steps: int) -> dict[str, float]:
+def train_trl(model: str, steps: int, callbacks: list[Any]) -> Any:
+    """Run TRL's GRPOTrainer with the benchmark's settings; return the trainer."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -62,13 +73,18 @@ def run_trl(model: str, steps: int) -> dict[str, float]:
         mask_truncated_completions=True, num_iterations=1, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=1, seed=0,
     )  # fmt: skip
-    timer = step_timer()
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[reward], args=args,
         train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(model),
-        callbacks=[timer],
+        callbacks=callbacks,
     )  # fmt: skip
     trainer.train()
+    return trainer
+
+
+def run_trl(model: str, steps: int) -> dict[str, float]:
+    timer = step_timer()
+    trainer = train_trl(model, steps, [timer])
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     return {"seconds_per_step": statistics.median(timer.times[2:]), "reward": statistics.mean(rewards)}
 
@@ -77,14 +93,17 @@ def main() -> None:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="runs/quickstart/sft/final")
         p.add_argument("--steps", type=int, default=20)
+        # posttrain's train.packing; TRL's GRPOTrainer has no padding-free update to match it with
+        p.add_argument("--packing", action="store_true")
 
     done = side_by_side(
-        {"posttrain": lambda a: run_posttrain(a.model, a.steps), "trl": lambda a: run_trl(a.model, a.steps)}, add_args
+        {"posttrain": lambda a: run_posttrain(a.model, a.steps, a.packing), "trl": lambda a: run_trl(a.model, a.steps)},
+        add_args,
     )
     if done is None:
         return
     args, runs = done
-    print(f"{versions()}; threads {args.threads}; {args.rounds} rounds of {args.steps} steps")
+    print(f"{versions()}; threads {args.threads}; {args.rounds} rounds of {args.steps} steps; packing {args.packing}")
     print("| engine | seconds per step (median) | mean reward per step |\n|---|---|---|")
     for name, label in (("posttrain", "posttrain"), ("trl", "TRL GRPOTrainer")):
         print(f"| {label} | {median(runs[name], 'seconds_per_step'):.3f} | {median(runs[name], 'reward'):.3f} |")
