@@ -237,6 +237,9 @@ def build(cls: type, data: Any, prefix: str, src: _Source) -> Any:
     return cls(**kwargs)
 
 
+_BOOL_WORDS = {False: ("no", "false", "off"), True: ("yes", "true", "on")}
+
+
 def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -253,6 +256,8 @@ def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, dotted, src)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans: mixed_precision=no
+            value = next((w for w in _BOOL_WORDS[value] if w in args), value)
         if value not in args:
             file, line = src.where(dotted)
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)

@@ -87,3 +87,13 @@ def test_quickstart_recipe_loads() -> None:
     cfg = load_config(root / "recipes" / "quickstart.yaml", stage="grpo")
     assert cfg.name == "quickstart"
     assert cfg.grpo.samples_per_prompt >= 2
+
+
+def test_yaml_booleans_read_as_the_word_a_choice_expects(tmp_path) -> None:
+    # YAML 1.1 turns `no` into False; train.mixed_precision's choices are 'no' and 'bf16'
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(None, ["train.mixed_precision=yes"])  # still not a choice
