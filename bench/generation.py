@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +29,9 @@ from posttrain.models.tiny import build_tiny
 from posttrain.rollout.base import SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.arithmetic import ArithmeticTask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TASK  # noqa: E402  the quickstart's task
 
 
 def hf_generate(model, tok, prompts: list[list[int]], max_new: int, seed: int) -> int:
@@ -80,7 +84,7 @@ def main() -> None:
     path = args.model or build_tiny(shape, Path(tempfile.mkdtemp()) / "tiny", seed=0)
     model, tok = load_model(path, device=args.device).eval(), load_tokenizer(path)
     device = model.device
-    prompts_all = [tok(ex.prompt)["input_ids"] for ex in ArithmeticTask().examples("test", max(args.batches), 0)]
+    prompts_all = [tok(ex.prompt)["input_ids"] for ex in ArithmeticTask(TASK).examples("test", max(args.batches), 0)]
     engines = {
         "posttrain": TorchEngine(model, tok, batch_size=max(args.batches)),
         "posttrain (generic path)": TorchEngine(model, tok, batch_size=max(args.batches), fast=False),
