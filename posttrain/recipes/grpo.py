@@ -169,6 +169,22 @@ def minibatch_rows(batch: TokenBatch | None, minibatches: int) -> list[list[int]
     return out
 
 
+def update_micro_batches(batch: TokenBatch | None, rows: list[int], cfg: Config) -> tuple[list[TokenBatch], float]:
+    """One update's micro-batches (packed with ``train.packing``) and its loss normaliser.
+
+    Under torchrun this rank may hold no rows: no micro-batches, and the loop pads it.
+    """
+    if batch is None or not rows:
+        return [], 0.0
+    mbs = cfg.train.micro_batch_size
+    if cfg.train.packing:
+        micro = packed_micro_batches(batch.select(rows), mbs)
+    else:
+        micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
+    _, count = LOSS_WEIGHTS[cfg.grpo.loss_agg](batch.response_mask[rows], cfg.sampling.max_new_tokens)
+    return micro, count
+
+
 def global_rollout_metrics(ro: Rollouts, dropped: float, gen_tokens: int, gen_seconds: float) -> dict[str, float]:
     """Under torchrun, the iteration's rollout metrics over every rank's samples, as one process logs them.
 
@@ -306,13 +322,7 @@ def grpo_iteration(
                 scheduler.step()
             writer.write({**base, "step": step, "loss": None, "skipped": True})
             continue
-        mbs, micro, count = cfg.train.micro_batch_size, list[TokenBatch](), 0.0
-        if batch is not None and rows:  # under torchrun this rank may hold no rows: the loop pads it
-            if cfg.train.packing:
-                micro = packed_micro_batches(batch.select(rows), mbs)
-            else:
-                micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
-            _, count = LOSS_WEIGHTS[g.loss_agg](batch.response_mask[rows], s.max_new_tokens)
+        micro, count = update_micro_batches(batch, rows, cfg)
         t1 = time.perf_counter()
         stats = optimizer_step(trained, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)
         tokens = distributed.all_sum([sum(mb.num_tokens for mb in micro)])[0]
