@@ -24,7 +24,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from posttrain.errors import PosttrainError
+from posttrain.errors import ConfigError, PosttrainError
 
 QUICKSTART = "recipes/quickstart.yaml"
 
@@ -74,8 +74,9 @@ DISTRIBUTED = ("sft", "dpo", "grpo")  # the commands torchrun may launch on seve
 
 def dispatch(args: argparse.Namespace) -> int:
     from posttrain.config import load_config
+    from posttrain.train.distributed import launched_world
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in DISTRIBUTED:
+    if launched_world() > 1 and args.command not in DISTRIBUTED:
         raise PosttrainError(
             f"posttrain {args.command} runs in one process; torchrun launches only {', '.join(DISTRIBUTED)}",
             file="command line",
@@ -142,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except PosttrainError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it once
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
             print(f"posttrain: error: {e.render()}", file=sys.stderr)
+        elif not isinstance(e, ConfigError):  # config errors hit every rank alike; data errors may hit one share
+            print(f"posttrain: error: [rank {rank}] {e.render()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)

@@ -53,7 +53,8 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    log_r = ref_logprobs - logprobs
+    # clamped: positions no loss reads (padding, gaps between packed sequences) must not overflow to inf
+    log_r = (ref_logprobs - logprobs).clamp(max=20.0)
     return torch.exp(log_r) - 1 - log_r
 
 

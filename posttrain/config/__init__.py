@@ -365,6 +365,16 @@ def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None
         need(lo.alpha > 0, "lora.alpha", "must be > 0")
         need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)")
         need(bool(lo.target_modules.strip()), "lora.target_modules", "name the modules to adapt, or all-linear")
+        need(
+            r is None or r.backend != "ray",
+            "rollout.backend",
+            "Ray workers hold plain models and cannot take LoRA adapter weights: use rollout.backend=torch with lora",
+        )
+        need(
+            lo.quantize != "4bit" or d.strategy != "fsdp",
+            "lora.quantize",
+            "QLoRA's 4-bit weights are not sharded by FSDP2 here: use dist.strategy=ddp",
+        )
 
 
 def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, str], None]) -> None:

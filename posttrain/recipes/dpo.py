@@ -140,7 +140,11 @@ def _gathered_logps(
 ) -> torch.Tensor:
     """(N, 2) reference log-probabilities, each rank computing its share of the pairs."""
     rows = distributed.shard(range(len(data)))
-    mine = sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision)
+    mine = (  # a rank may hold no pairs when there are fewer than ranks
+        sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision)
+        if rows
+        else torch.empty(0)
+    )
     logps = torch.empty(len(data), 2)
     for rank_rows, rank_logps in distributed.gather_objects((rows, mine.view(-1, 2))):
         logps[rank_rows] = rank_logps

@@ -297,7 +297,8 @@ def grpo_iteration(
     if distributed.active():
         base.update(global_rollout_metrics(ro, dropped, gen_tokens, gen_seconds))
     if batch is not None and ref is not None:
-        with precision(model.device, cfg.train.mixed_precision):
+        # under FSDP with LoRA the reference is the sharded policy: ranks run unequal forwards
+        with precision(model.device, cfg.train.mixed_precision), distributed.full_weights(model):
             add_ref_logprobs(ref, batch, s.temperature or 1.0, cfg.train.micro_batch_size)
 
     trained = model if net is None else net

@@ -44,7 +44,12 @@ def init_ray(r: RolloutConfig) -> None:
     """Join ``rollout.address`` or start a local Ray instance, unless this process already did."""
     ray = require_ray()
     if not ray.is_initialized():
-        ray.init(address=r.address, include_dashboard=False, log_to_driver=True)
+        try:
+            ray.init(address=r.address, include_dashboard=False, log_to_driver=True)
+        except ConnectionError as e:
+            raise ConfigError(
+                f"cannot join the Ray cluster: {str(e).splitlines()[0]}", field="rollout.address"
+            ) from None
 
 
 def build_engine(
@@ -66,7 +71,7 @@ def build_engine(
     from posttrain.rollout.ray_engine import RayEngine
 
     engine = RayEngine(
-        model_dir, r.workers, cfg.model.dtype, cfg.eval.batch_size, cfg.train.mixed_precision,
+        str(Path(model_dir).resolve()), r.workers, cfg.model.dtype, cfg.eval.batch_size, cfg.train.mixed_precision,
         r.sync_timeout_s, r.generate_timeout_s,
     )  # fmt: skip
     engine.sync_weights(policy_state(model))

@@ -110,6 +110,11 @@ def init(cfg: DistConfig, device_name: str) -> bool:
             field="WORLD_SIZE",
         )
     if device.type == "cuda":
+        if device.index is not None:  # every rank would load onto that one GPU
+            raise ConfigError(
+                f"{device_name} pins one GPU; under torchrun use model.device=cuda or auto (each rank takes LOCAL_RANK)",
+                field="model.device",
+            )
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
     if not is_main():

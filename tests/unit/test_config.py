@@ -97,3 +97,10 @@ def test_yaml_booleans_read_as_the_word_a_choice_expects(tmp_path) -> None:
     assert load_config(path).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision"):
         load_config(None, ["train.mixed_precision=yes"])  # still not a choice
+
+
+def test_combinations_that_cannot_work_fail_at_load() -> None:
+    with pytest.raises(ConfigError, match="rollout.backend"):
+        load_config(None, ["lora.r=4", "rollout.backend=ray"])
+    with pytest.raises(ConfigError, match="lora.quantize"):
+        load_config(None, ["lora.quantize=4bit", "dist.strategy=fsdp"])
