@@ -101,7 +101,9 @@ def grpo_loss(
     """All tensors (B, T-1); ``advantages`` broadcast per token. Returns the weighted sum.
 
     Metrics are token means: ``ratio``, ``clip_frac`` (tokens whose gradient the clip
-    removed), ``kl`` and ``entropy``.
+    removed), ``logprob_gap`` (|logprobs - old_logprobs|: on an iteration's first
+    update, where the weights are the sampler's, the train/sample mismatch of the
+    engine's numerics), ``kl`` and ``entropy``.
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages
@@ -111,6 +113,7 @@ def grpo_loss(
     metrics = {
         "ratio": (masked_sum(ratio, response_mask), n),
         "clip_frac": (masked_sum((clipped < unclipped).float(), response_mask), n),
+        "logprob_gap": (masked_sum((logprobs - old_logprobs).abs(), response_mask), n),
     }
     if ref_logprobs is not None:
         kl = KL_ESTIMATORS[kl_estimator](logprobs, ref_logprobs)

@@ -359,6 +359,14 @@ def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None
         need(r.reward_workers > 0, "rollout.reward_workers", "must be > 0")
         for key in ("sync_timeout_s", "generate_timeout_s", "reward_timeout_s"):
             need(getattr(r, key) > 0, f"rollout.{key}", "must be > 0 seconds")
+        need(0 < r.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization", "must be in (0, 1)")
+        truncates = cfg.sampling.top_p < 1 or cfg.sampling.top_k > 0
+        need(
+            r.backend != "vllm" or not truncates,
+            "rollout.backend",
+            "vLLM returns logprobs after top-k/top-p truncation, which the trainer does not recompute: "
+            "use sampling.top_p=1 and sampling.top_k=0 with rollout.backend=vllm",
+        )
     need(d.timeout_s > 0, "dist.timeout_s", "must be > 0 seconds")
     if lo is not None:
         need(lo.r > 0, "lora.r", "must be > 0")
@@ -366,9 +374,10 @@ def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None
         need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)")
         need(bool(lo.target_modules.strip()), "lora.target_modules", "name the modules to adapt, or all-linear")
         need(
-            r is None or r.backend != "ray",
+            r is None or r.backend == "torch",
             "rollout.backend",
-            "Ray workers hold plain models and cannot take LoRA adapter weights: use rollout.backend=torch with lora",
+            f"the {r.backend if r else ''} engine holds a plain model and cannot take LoRA adapter weights: "
+            "use rollout.backend=torch with lora",
         )
         need(
             lo.quantize != "4bit" or d.strategy != "fsdp",

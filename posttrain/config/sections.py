@@ -143,14 +143,17 @@ class RolloutConfig:
     pairs: Literal["random", "best_worst", "group"] = "random"  # DPO: posttrain.algorithms.pairs
     scorer: Literal["verifier", "reward_model"] = "verifier"  # DPO
     reward_model_path: str | None = None  # DPO scorer=reward_model: a directory saved by `posttrain rm`
-    # the engine: in-process batched sampler, or N Ray actors each holding a copy of the policy
-    backend: Literal["torch", "ray"] = "torch"
+    # the engine: in-process batched sampler, N Ray actors each holding a copy of the policy,
+    # or vLLM colocated with the trainer on one GPU (pip install 'posttrain[vllm]')
+    backend: Literal["torch", "ray", "vllm"] = "torch"
     workers: int = 2  # ray: rollout actors
     sync_timeout_s: float = 120.0  # ray: a weight sync to the actors slower than this is an error
     generate_timeout_s: float = 600.0  # ray: one generate() call slower than this is an error
     reward_workers: int = 2  # ray: reward actors; each reward call runs under reward_timeout_s
     reward_timeout_s: float = 10.0  # ray: a reward slower than this counts as timed out, never as 0
     address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts a local one
+    gpu_memory_utilization: float = 0.3  # vllm: share of the GPU's memory vLLM may take (weights + KV cache)
+    enforce_eager: bool = False  # vllm: skip torch.compile and CUDA graphs (faster start, slower decode)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Which engine samples: the in-process sampler, or Ray workers (``rollout.backend``).
+"""Which engine samples: the in-process sampler, Ray workers or vLLM (``rollout.backend``).
 
-Ray is an optional extra: it is imported only when ``rollout.backend=ray`` asks
-for it, and its absence is a one-line error that says how to install it.
+Ray and vLLM are optional extras: each is imported only when ``rollout.backend``
+asks for it, and its absence is a one-line error that says how to install it.
 
 ``sync_engine`` is the one place that sends the trainer's weights to an engine.
 An in-process engine over the trainer's own module already sees every update, so
@@ -65,8 +65,11 @@ def build_engine(
         return TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
     if hasattr(model, "peft_config"):
         raise ConfigError(
-            "the ray backend cannot sync LoRA adapters yet; use rollout.backend=torch", field="rollout.backend"
+            f"the {r.backend} backend cannot sync LoRA adapters yet; use rollout.backend=torch",
+            field="rollout.backend",
         )
+    if r.backend == "vllm":
+        return _vllm_engine(cfg, model, tokenizer, model_dir)
     init_ray(r)
     from posttrain.rollout.ray_engine import RayEngine
 
@@ -76,6 +79,30 @@ def build_engine(
     )  # fmt: skip
     engine.sync_weights(policy_state(model))
     return engine
+
+
+def _vllm_engine(
+    cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: str | Path
+) -> Engine:
+    """vLLM on this process's GPU, beside the trainer, holding ``model``'s current weights."""
+    from posttrain.rollout.vllm_engine import VLLMEngine
+    from posttrain.train import distributed
+
+    r = cfg.rollout or RolloutConfig()
+    if distributed.active():
+        raise ConfigError("the vllm backend runs in one process; launch without torchrun", field="rollout.backend")
+    bf16 = cfg.train.mixed_precision == "bf16" or cfg.model.dtype == "bfloat16"
+    engine = VLLMEngine(
+        str(Path(model_dir).resolve()), tokenizer, "bfloat16" if bf16 else cfg.model.dtype,
+        r.gpu_memory_utilization, r.enforce_eager, seed=cfg.seed,
+    )  # fmt: skip
+    engine.sync_weights(device_state(model))
+    return engine
+
+
+def device_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """``model``'s weights where they are, detached: for an engine on the same device."""
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def policy_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -91,4 +118,5 @@ def sync_engine(engine: RolloutEngine, model: PreTrainedModel) -> None:
     """Send ``model``'s weights to ``engine``, unless the engine generates from ``model`` itself."""
     if getattr(engine, "model", None) is model:
         return
-    engine.sync_weights(policy_state(model))
+    on_device = getattr(engine, "takes_device_tensors", False)
+    engine.sync_weights(device_state(model) if on_device else policy_state(model))

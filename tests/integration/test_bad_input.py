@@ -67,3 +67,10 @@ def test_model_dir_that_is_not_a_causal_lm(tmp_path: Path, capsys: pytest.Captur
     )
     err = run_err(capsys, ["eval", f"model.path={tmp_path / 'nope'}", f"output_dir={tmp_path / 'o'}"])
     assert err == f"posttrain: error: {tmp_path / 'nope'}: model.path: model directory not found"
+
+
+def test_vllm_backend_without_a_gpu_or_vllm(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """CI has neither: the run stops at the engine's construction with the fix, not a traceback."""
+    err = run_err(capsys, ["grpo", *FAST, f"model.path={tiny_dir}", "rollout.backend=vllm",
+                           f"output_dir={tmp_path / 'o'}"])  # fmt: skip
+    assert err.startswith("posttrain: error: rollout.backend: the vllm backend needs ")

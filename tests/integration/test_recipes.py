@@ -90,6 +90,7 @@ def test_grpo_steps_change_weights_and_log_metrics(tmp_path: Path, tiny_dir: Pat
     for key in ("reward", "groups_dropped", "clip_frac", "kl", "entropy", "completion_len", "loss", "lr"):
         assert key in first, key
     assert first["ratio"] == pytest.approx(1.0, abs=1e-4)  # on-policy: sampler logprobs = trainer's
+    assert first["logprob_gap"] == pytest.approx(0.0, abs=1e-4)
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference before any update
     before, after = weights(tiny_dir), weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before)

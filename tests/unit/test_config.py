@@ -102,5 +102,14 @@ def test_yaml_booleans_read_as_the_word_a_choice_expects(tmp_path) -> None:
 def test_combinations_that_cannot_work_fail_at_load() -> None:
     with pytest.raises(ConfigError, match="rollout.backend"):
         load_config(None, ["lora.r=4", "rollout.backend=ray"])
+    with pytest.raises(ConfigError, match="rollout.backend: the vllm engine .* LoRA"):
+        load_config(None, ["lora.r=4", "rollout.backend=vllm"])
     with pytest.raises(ConfigError, match="lora.quantize"):
         load_config(None, ["lora.quantize=4bit", "dist.strategy=fsdp"])
+    # vLLM's logprobs come after truncation; the trainer's importance ratio would be off
+    with pytest.raises(ConfigError, match="rollout.backend: vLLM returns logprobs after top-k/top-p"):
+        load_config(None, ["rollout.backend=vllm", "sampling.top_p=0.9"])
+    assert load_config(None, ["rollout.backend=vllm"]).rollout.backend == "vllm"  # type: ignore[union-attr]
+    assert load_config(None, ["rollout.backend=ray", "sampling.top_p=0.9"]).sampling.top_p == 0.9
+    with pytest.raises(ConfigError, match="rollout.gpu_memory_utilization: must be in"):
+        load_config(None, ["rollout.gpu_memory_utilization=1.5"])

@@ -53,6 +53,7 @@ def test_ratio_one_and_kl_zero_when_policies_agree() -> None:
     assert ratio_sum / n == pytest.approx(1.0)
     assert out.metrics["kl"][0] == 0.0
     assert out.metrics["clip_frac"][0] == 0.0
+    assert out.metrics["logprob_gap"][0] == 0.0
     # with ratio 1 the surrogate is -A per token: sum = -(5 * 1 - 5 * 1 + 5 * 0.5)
     assert out.loss_sum.item() == pytest.approx(-2.5)
 
@@ -68,6 +69,8 @@ def test_clipped_surrogate_by_hand() -> None:
     mask = torch.ones(1, 4)
     out = grpo_loss(lp, old, adv, mask, mask, clip_low=0.2, clip_high=0.28)
     assert out.loss_sum.item() == pytest.approx(-1.28 + 1.5 + 0.8 - 0.5, abs=1e-6)
+    gap, n = out.metrics["logprob_gap"]  # mean |log 1.5|, |log 1.5|, |log 0.5|, |log 0.5|
+    assert gap / n == pytest.approx((2 * math.log(1.5) + 2 * math.log(2)) / 4, abs=1e-6)
     assert out.metrics["clip_frac"] == (2.0, 4.0)
 
 
