@@ -19,6 +19,7 @@ The math lives in ``posttrain.algorithms.grpo``; this file is wiring only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -224,30 +225,32 @@ def train_grpo(cfg: Config, resume: bool = False) -> Path:
     ref = reference_model(cfg, model) if g.kl_coef > 0 else None  # with LoRA: the policy, adapters off
     task = make_task(cfg.data)
     reward_fn = REWARDS[g.reward](task, g.reward_model_path, cfg.model.dtype)
-    scorer = build_scorer(cfg.rollout, reward_fn, pooled=g.reward == "verifier")
-    assert cfg.model.path is not None  # open_stage resolved it
-    engine = build_engine(cfg, model, tokenizer, cfg.model.path)
-    total_updates = cfg.train.max_steps * g.updates_per_batch * g.minibatches
-    optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
-    start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
-    writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key="iteration")
-    ctx = context_length(model)
-    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     last: dict[str, float] = {}
-    with progress() as bar:
-        task_id = bar.add_task("grpo", total=cfg.train.max_steps, completed=start, info="")
-        for it in range(start, cfg.train.max_steps):
-            last = grpo_iteration(
-                cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer, scorer, net
-            )
-            if it + 1 < cfg.train.max_steps:
-                sync_engine(engine, model)  # a no-op for the in-process engine, which samples from `model`
-            bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}")
-            if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
-                save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler)
-    writer.close()
-    engine.close()
-    scorer.close()
+    # the engine and the scorer are closed also when the run fails: no Ray actor outlives it
+    with contextlib.ExitStack() as stack:
+        scorer = build_scorer(cfg.rollout, reward_fn, pooled=g.reward == "verifier")
+        stack.callback(scorer.close)
+        assert cfg.model.path is not None  # open_stage resolved it
+        engine = build_engine(cfg, model, tokenizer, cfg.model.path)
+        stack.callback(engine.close)
+        total_updates = cfg.train.max_steps * g.updates_per_batch * g.minibatches
+        optimizer, scheduler = build_optimizer(model, cfg.optim, total_updates)
+        start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
+        writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key="iteration")
+        ctx = context_length(model)
+        pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+        with progress() as bar:
+            task_id = bar.add_task("grpo", total=cfg.train.max_steps, completed=start, info="")
+            for it in range(start, cfg.train.max_steps):
+                last = grpo_iteration(
+                    cfg, it, model, ref, tokenizer, task, engine, optimizer, scheduler, ctx, pad, writer, scorer, net
+                )
+                if it + 1 < cfg.train.max_steps:
+                    sync_engine(engine, model)  # a no-op for the in-process engine, which samples from `model`
+                bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}")
+                if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
+                    save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler)
+        writer.close()
     final = save_final(model, tokenizer, out / "final")
     if last:
         console.print(f"grpo: {cfg.train.max_steps} iterations, last reward {last['reward']:.3f} -> {final}")

@@ -36,6 +36,7 @@ own, so resume continues with exactly the generator the uninterrupted run had.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -144,7 +145,6 @@ def train_online_dpo(cfg: Config, resume: bool = False) -> Path:
     # the generator's weights live here (the synced reference, the checkpoint); a Ray engine holds copies
     generator = _generator(cfg, model, ckpt, state)
     assert cfg.model.path is not None  # open_stage resolved it
-    engine = build_engine(cfg, generator, tokenizer, cfg.model.path)
     ref = None
     if cfg.dpo.loss not in REFERENCE_FREE:
         fixed = r.reference == "fixed"
@@ -152,28 +152,31 @@ def train_online_dpo(cfg: Config, resume: bool = False) -> Path:
         ref.requires_grad_(False)
     task = make_task(cfg.data)
     reward_fn = REWARDS[r.scorer](task, r.reward_model_path, cfg.model.dtype)
-    scorer = build_scorer(r, reward_fn, pooled=r.scorer == "verifier")
-    writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
     last: dict[str, Any] = {}
-    with progress() as bar:
-        task_id = bar.add_task("dpo", total=cfg.train.max_steps, completed=start, info="")
-        for step in range(start, cfg.train.max_steps):
-            if should_sync(step, r.sync_every):
-                generator.load_state_dict(model.state_dict(), strict=False)
-                sync_engine(engine, generator)  # a no-op when the engine samples from `generator` itself
-            last = online_step(
-                cfg, step, model, ref, tokenizer, task, engine, scorer, optimizer, scheduler, writer, net
-            )
-            bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}, pairs {last['pairs']}")
-            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-                synced_at = last_sync(step, r.sync_every)
-                extra: dict[str, Any] = {"generator_step": synced_at}
-                if synced_at > 0 and not should_sync(step + 1, r.sync_every):
-                    extra["generator"] = generator.state_dict()
-                save_checkpoint(out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler, extra)
-    writer.close()
-    engine.close()
-    scorer.close()
+    # the engine and the scorer are closed also when the run fails: no Ray actor outlives it
+    with contextlib.ExitStack() as stack:
+        engine = build_engine(cfg, generator, tokenizer, cfg.model.path)
+        stack.callback(engine.close)
+        scorer = build_scorer(r, reward_fn, pooled=r.scorer == "verifier")
+        stack.callback(scorer.close)
+        writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
+        with progress() as bar:
+            task_id = bar.add_task("dpo", total=cfg.train.max_steps, completed=start, info="")
+            for step in range(start, cfg.train.max_steps):
+                if should_sync(step, r.sync_every):
+                    generator.load_state_dict(model.state_dict(), strict=False)
+                    sync_engine(engine, generator)  # a no-op when the engine samples from `generator` itself
+                last = online_step(
+                    cfg, step, model, ref, tokenizer, task, engine, scorer, optimizer, scheduler, writer, net
+                )
+                bar.update(task_id, advance=1, info=f"reward {last['reward']:.3f}, pairs {last['pairs']}")
+                if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                    synced_at = last_sync(step, r.sync_every)
+                    extra: dict[str, Any] = {"generator_step": synced_at}
+                    if synced_at > 0 and not should_sync(step + 1, r.sync_every):
+                        extra["generator"] = generator.state_dict()
+                    save_checkpoint(out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler, extra)
+        writer.close()
     final = save_final(model, tokenizer, out / "final")
     if last:
         console.print(f"dpo (sync_every={r.sync_every}): {cfg.train.max_steps} steps, last reward {last['reward']:.3f}")

@@ -152,8 +152,12 @@ class RewardPool:
         self._remote: Any = ray.remote(_RewardWorker)  # Ray's stubs do not follow a class through remote()
         self.actors: list[Any] = [None] * workers
         self._starting: dict[Any, int] = {}  # ready() call -> actor slot, for actors not yet answering
-        for slot in range(workers):
-            self._start(slot)
+        try:
+            for slot in range(workers):
+                self._start(slot)
+        except BaseException:  # the caller gets no pool to close: its actors would outlive the error
+            self.close()
+            raise
 
     def _start(self, slot: int) -> None:
         """Kill the actor in ``slot``, if any (hung or dead), and start a fresh one in its place."""

@@ -77,8 +77,7 @@ def build_engine(
         str(Path(model_dir).resolve()), r.workers, cfg.model.dtype, cfg.eval.batch_size, cfg.train.mixed_precision,
         r.sync_timeout_s, r.generate_timeout_s,
     )  # fmt: skip
-    engine.sync_weights(policy_state(model))
-    return engine
+    return _first_sync(engine, policy_state(model))
 
 
 def _vllm_engine(
@@ -96,7 +95,16 @@ def _vllm_engine(
         str(Path(model_dir).resolve()), tokenizer, "bfloat16" if bf16 else cfg.model.dtype,
         r.gpu_memory_utilization, r.enforce_eager, seed=cfg.seed,
     )  # fmt: skip
-    engine.sync_weights(device_state(model))
+    return _first_sync(engine, device_state(model))
+
+
+def _first_sync(engine: Engine, state: dict[str, torch.Tensor]) -> Engine:
+    """Give a new engine its weights; if that fails, release its workers before the error goes up."""
+    try:
+        engine.sync_weights(state)
+    except BaseException:
+        engine.close()
+        raise
     return engine
 
 

@@ -14,7 +14,8 @@ Weight sync puts the state dict in Ray's object store once and has every worker
 load it. Users of other frameworks report syncs that hang with no word, so every
 wait here has a limit (``rollout.sync_timeout_s``, ``rollout.generate_timeout_s``)
 and ends in a one-line ``RolloutError`` naming the worker and the setting; a dead
-actor ends the same way instead of as a Ray traceback.
+actor ends the same way instead of as a Ray traceback. Start-up has a fixed limit
+(``START_TIMEOUT_S``); an engine that fails to start kills the actors it started.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import torch
 from posttrain.errors import RolloutError
 from posttrain.rollout.base import Completion, SamplingParams
 
-_START_TIMEOUT_S = 600.0  # loading a large model from a network disk can take minutes
+START_TIMEOUT_S = 600.0  # loading a large model from a network disk can take minutes
+_NO_START = "a fixed limit: Ray found no free CPU or GPU for it, or loading the model stalled"
 
 
 class RolloutWorker:
@@ -94,6 +96,7 @@ class RayEngine:
         sync_timeout_s: float = 120.0,
         generate_timeout_s: float = 600.0,
         worker_cls: type[RolloutWorker] = RolloutWorker,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         if workers < 1:
             raise RolloutError(f"need at least one rollout worker, got {workers}", field="rollout.workers")
@@ -103,10 +106,14 @@ class RayEngine:
         # share what GPUs there are (fractions when fewer than workers); none: CPU actors
         options: dict[str, Any] = {"num_gpus": min(1.0, gpus / workers)} if gpus else {}
         remote: Any = ray.remote(worker_cls)  # Ray's stubs do not follow a class through remote()
-        self.actors: list[Any] = [
-            remote.options(**options).remote(str(model_dir), dtype, batch_size, mixed_precision) for _ in range(workers)
-        ]
-        self._wait([a.ready.remote() for a in self.actors], _START_TIMEOUT_S, "start", None)
+        self.actors: list[Any] = []
+        try:
+            for _ in range(workers):
+                self.actors.append(remote.options(**options).remote(str(model_dir), dtype, batch_size, mixed_precision))
+            self._wait([a.ready.remote() for a in self.actors], start_timeout_s, "start", None)
+        except BaseException:  # the caller gets no engine to close: its actors would outlive the error
+            self.close()
+            raise
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """Completions in prompt order; worker i samples the i-th contiguous share."""
@@ -145,9 +152,9 @@ class RayEngine:
         out = []
         for w, ref in zip(workers, refs):
             if ref not in done:
+                why = "raise it if the model is large" if field else _NO_START
                 raise RolloutError(
-                    f"rollout worker {w} did not {what} within {timeout_s:g} s; raise it if the model is large",
-                    field=field or "rollout.workers",
+                    f"rollout worker {w} did not {what} within {timeout_s:g} s; {why}", field=field or "rollout.workers"
                 )
             try:
                 out.append(ray.get(ref))

@@ -7,10 +7,12 @@ without it these tests skip, saying so.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -203,3 +205,100 @@ def test_online_dpo_on_one_ray_worker_matches_the_in_process_run(
     assert all(r["pairs"] > 0 for r in here)
     assert [r["loss"] for r in there] == pytest.approx([r["loss"] for r in here], rel=1e-4)
     assert all(r["reward_errors"] == 0 and r["reward_timeouts"] == 0 for r in there)
+
+
+def alive_actors() -> set[str]:
+    """Ids of the actors Ray has not marked dead (``ray.util.state`` needs the dashboard, not started here)."""
+    return {a for a, info in ray._private.state.actors().items() if info["State"] != "DEAD"}
+
+
+def assert_ended(before: set[str], timeout_s: float = 15.0) -> None:
+    """Every actor started since ``before`` was taken is dead (ray.kill returns before the actor has ended)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := alive_actors() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"{len(left)} actors outlived their engine or reward pool"
+
+
+class SlowToLoad(RolloutWorker):
+    """A worker whose model load never ends, like a stalled network disk."""
+
+    def __init__(self, *args: Any) -> None:
+        time.sleep(600)
+
+
+def first_starts(claim: Path) -> type[RolloutWorker]:
+    """A worker class of which the first actor starts and every other one fails in its constructor."""
+
+    class FirstStarts(RolloutWorker):
+        def __init__(self, *args: Any) -> None:
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                raise RuntimeError("no GPU left") from None
+            super().__init__(*args)
+
+    return FirstStarts
+
+
+def test_a_failed_start_kills_the_workers_already_started(tiny_dir: Path, tmp_path: Path) -> None:
+    before = alive_actors()
+    # each `as` keeps the error's traceback, which holds the half-built engine: only a kill ends its actors
+    with pytest.raises(RolloutError, match=r"^rollout.workers: rollout worker \d died during start") as failed:
+        RayEngine(tiny_dir, workers=2, worker_cls=first_starts(tmp_path / "claim"))
+    assert (tmp_path / "claim").exists()  # one worker did start
+    assert_ended(before)
+    with pytest.raises(RolloutError, match=r"^rollout.workers: rollout worker 0 did not start within 2 s") as hung:
+        RayEngine(tiny_dir, workers=2, worker_cls=SlowToLoad, start_timeout_s=2.0)
+    assert "raise it" not in str(hung.value)  # no setting raises the start-up limit
+    assert_ended(before)
+    del failed, hung
+
+
+class Crash(Exception):
+    pass
+
+
+def test_grpo_on_ray_ends_its_actors_when_an_iteration_fails(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = alive_actors()
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(grpo_recipe, "optimizer_step", crash)  # the first update raises, after sampling
+    overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2"]
+    # rewards are all 0: kept (not dropped) uniform groups still reach the update that crashes
+    overrides += ["grpo.drop_uniform_groups=false", "rollout.backend=ray", "rollout.workers=2"]
+    with pytest.raises(Crash) as crashed:  # the traceback holds the recipe's frame, engine and pool
+        grpo_recipe.train_grpo(load_config(None, overrides))
+    assert_ended(before)
+    del crashed
+
+
+class UnloadableReward:
+    """A reward that pickles in the driver but cannot be rebuilt on a reward worker (a missing dependency)."""
+
+    def __call__(self, examples: list[Example], texts: list[str]) -> list[float]:
+        return [0.0] * len(texts)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return unavailable, ()
+
+
+def unavailable() -> Any:
+    raise ImportError("the checker's dependency is not installed on this node")
+
+
+def test_online_dpo_on_ray_ends_its_actors_when_the_reward_workers_fail(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = alive_actors()
+    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: UnloadableReward())
+    overrides = [*FAST, f"output_dir={tmp_path / 'd'}", f"model.path={tiny_dir}", "train.max_steps=2"]
+    overrides += ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.backend=ray"]
+    with pytest.raises(RolloutError, match=r"^rollout.reward_workers: a reward worker failed to start") as failed:
+        online.train_online_dpo(load_config(None, overrides))
+    assert_ended(before)
+    del failed
