@@ -35,6 +35,10 @@ from tests.conftest import FAST
 # SFT settings every SFT scenario and its one-process reference share: a warm-up and a
 # cosine decay make the resumed run's scheduler state matter.
 SFT = ("train.max_steps=4", "train.save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1")
+# GRPO settings of the GRPO scenarios and their one-process reference: the untrained model never
+# answers right, but penalising truncation gives groups a spread of rewards, so every iteration updates
+GRPO = ("train.max_steps=2", "grpo.overlong=penalty", "grpo.overlong_reward=-1.0", "grpo.drop_uniform_groups=false",
+        "optim.lr=1e-3")  # fmt: skip
 
 
 def config(out: Path, tiny: str, name: str, *extra: str) -> Config:
@@ -130,7 +134,7 @@ def main(out: Path, tiny: str, prefs: str, scenarios: list[str]) -> None:
             dpo_recipe.train_dpo(config(out, tiny, name, f"data.path={prefs}", "train.max_steps=3", "optim.lr=3e-3"))
         elif name in ("grpo_ddp", "grpo_fsdp"):
             strategy = name.split("_")[1]
-            grpo_recipe.train_grpo(config(out, tiny, name, "train.max_steps=2", f"dist.strategy={strategy}"))
+            grpo_recipe.train_grpo(config(out, tiny, name, *GRPO, f"dist.strategy={strategy}"))
         elif name == "online_ddp":
             REWARDS["verifier"] = lambda task, path, dtype: lambda exs, texts: [-float(len(t)) for t in texts]
             online = ("rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.pairs=best_worst")

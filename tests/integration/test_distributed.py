@@ -8,18 +8,22 @@ then over ranks), so losses agree to float32 rounding, not bit for bit. Measured
 the 2-core CPU: SFT losses within 1.3e-7 relative (DDP and FSDP2), final weights
 within 6e-7; offline DPO losses within 5e-8 relative, weights within 4e-6 (lr 3e-3,
 where Adam's first steps move each weight by about lr whatever the gradient's size,
-so rounding in a near-zero gradient shows). The asserts allow rtol 1e-5 / atol 1e-6
-on losses and atol 2e-5 on weights. The uneven-micro-batch step came out bit-equal.
+so rounding in a near-zero gradient shows); GRPO (DDP and FSDP2, the one-process run
+drawing each rank's samples with its seed) losses within 2e-7 relative, grad norms
+within 1e-7, weights within 7e-8. The asserts allow rtol 1e-5 / atol 1e-6 on losses
+and atol 2e-5 on weights. The uneven-micro-batch step came out bit-equal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,16 +31,19 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import posttrain.recipes.dpo as dpo_recipe
+import posttrain.recipes.grpo as grpo_recipe
 import posttrain.recipes.sft as sft_recipe
 from posttrain.cli import main as cli_main
 from posttrain.config import DistConfig, load_config
 from posttrain.errors import ConfigError
 from posttrain.models.io import load_model
+from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.train import distributed
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import read_metrics
 from tests.conftest import FAST
-from tests.dist_run import SFT, UNEVEN, UNEVEN_OPTIM, config, fixed_rollouts, grpo_fixed_loss
+from tests.dist_run import GRPO, SFT, UNEVEN, UNEVEN_OPTIM, config, fixed_rollouts, grpo_fixed_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 LOSS_TOL = {"rel": 1e-5, "abs": 1e-6}
@@ -139,19 +146,72 @@ def test_offline_dpo_ddp_equals_one_process(runs: Path, tiny_dir: Path, prefs: P
     assert names[0] == names[1]
 
 
-@pytest.mark.parametrize("name", ["grpo_ddp", "grpo_fsdp", "online_ddp"])
-def test_rollout_recipes_run_on_two_processes(runs: Path, name: str) -> None:
-    records = read_metrics(runs / name / "metrics.jsonl")
-    assert [r.get("iteration", r["step"]) for r in records] == [1, 2]  # one record per step: rank 0's
-    key = "pairs" if name == "online_ddp" else "groups_dropped"
-    assert all(0 <= r["truncated_frac"] <= 1 and key in r for r in records)
-    if name == "online_ddp":
-        assert [r["pairs"] for r in records] == [4, 4]  # 2 prompts on each rank, summed
-    AutoModelForCausalLM.from_pretrained(runs / name / "final")
-    if name == "grpo_fsdp":  # the same prompts and seeds as DDP: the same samples and updates
-        ddp, fsdp = read_metrics(runs / "grpo_ddp" / "metrics.jsonl"), records
-        assert [r["reward"] for r in fsdp] == [r["reward"] for r in ddp]
-        assert losses(runs / name) == pytest.approx(losses(runs / "grpo_ddp"), **LOSS_TOL)
+class RankShares:
+    """The in-process engine drawing each rank's share of the groups with that rank's seed, as two processes do.
+
+    Under torchrun rank r samples groups r, r + world, ... with the iteration's seed + r.
+    Drawing the same completions here leaves the one-process run differing from the
+    two-process one only in how the update and the metrics are summed.
+    """
+
+    def __init__(self, engine: TorchEngine, world: int, group: int) -> None:
+        self.engine, self.model, self.world, self.group = engine, engine.model, world, group
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        assert sampling.seed is not None
+        G, n = self.group, len(prompts) // self.group
+        groups: list[list[Completion]] = [[] for _ in range(n)]
+        for rank in range(self.world):
+            mine = range(rank, n, self.world)
+            share = [p for i in mine for p in prompts[i * G : (i + 1) * G]]
+            drawn = self.engine.generate(share, dataclasses.replace(sampling, seed=sampling.seed + rank))
+            for k, i in enumerate(mine):
+                groups[i] = drawn[k * G : (k + 1) * G]
+        return [c for g in groups for c in g]
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        raise AssertionError("the engine samples from the trained model itself: nothing to sync")
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def test_grpo_two_processes_equal_one_process(
+    runs: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(tmp_path, str(tiny_dir), "one", *GRPO)
+    real = grpo_recipe.build_engine
+
+    def build_engine(*args: Any) -> RankShares:
+        engine = real(*args)
+        assert isinstance(engine, TorchEngine)
+        return RankShares(engine, world=2, group=cfg.grpo.samples_per_prompt)
+
+    monkeypatch.setattr(grpo_recipe, "build_engine", build_engine)
+    one = grpo_recipe.train_grpo(cfg)
+    ref = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    # the truncation penalty gives the rewards a spread, so each iteration makes a real update
+    assert all(r["loss"] is not None and r["grad_norm"] > 0 for r in ref)
+    base = load_file(str(tiny_dir / "model.safetensors"))
+    assert max(float((base[k] - v).abs().max()) for k, v in load_file(str(one / "model.safetensors")).items()) > 1e-4
+    for name in ("grpo_ddp", "grpo_fsdp"):
+        two = read_metrics(runs / name / "metrics.jsonl")
+        assert [r["iteration"] for r in two] == [1, 2]  # one record per step: rank 0's
+        for key in ("completion_len", "truncated_frac", "groups_dropped"):  # the same samples, counted over ranks
+            assert [r[key] for r in two] == pytest.approx([r[key] for r in ref], rel=1e-6), key
+        assert [r["reward"] for r in two] == pytest.approx([r["reward"] for r in ref], rel=1e-6)
+        assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in ref], **LOSS_TOL)
+        assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in ref], rel=1e-5)
+        assert_same_weights(runs / name / "final", one)
+        AutoModelForCausalLM.from_pretrained(runs / name / "final")
+
+
+def test_online_dpo_runs_on_two_processes(runs: Path) -> None:
+    records = read_metrics(runs / "online_ddp" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]  # one record per step: rank 0's
+    assert all(0 <= r["truncated_frac"] <= 1 for r in records)
+    assert [r["pairs"] for r in records] == [4, 4]  # 2 prompts on each rank, summed
+    AutoModelForCausalLM.from_pretrained(runs / "online_ddp" / "final")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
