@@ -90,6 +90,9 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Free the engine's GPU memory (weights and KV cache)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):  # the in-process engine core holds the KV cache
+            core.shutdown()
         del self.llm
         torch.cuda.empty_cache()
 
