@@ -31,9 +31,9 @@ def open_training(cfg: Config, resume: bool, loader: Loader | None = None) -> tu
             )
         stage = open_stage(cfg, resume, loader)
         return stage, stage.model
-    if cfg.rollout is not None and cfg.rollout.backend == "ray":
+    if cfg.rollout is not None and cfg.rollout.backend != "torch":
         raise ConfigError(
-            "Ray rollout workers serve one trainer process: under torchrun use rollout.backend=torch",
+            f"the {cfg.rollout.backend} engine serves one trainer process: under torchrun use rollout.backend=torch",
             file="command line",
             field="rollout.backend",
         )

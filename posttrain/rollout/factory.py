@@ -85,11 +85,8 @@ def _vllm_engine(
 ) -> Engine:
     """vLLM on this process's GPU, beside the trainer, holding ``model``'s current weights."""
     from posttrain.rollout.vllm_engine import VLLMEngine
-    from posttrain.train import distributed
 
-    r = cfg.rollout or RolloutConfig()
-    if distributed.active():
-        raise ConfigError("the vllm backend runs in one process; launch without torchrun", field="rollout.backend")
+    r = cfg.rollout or RolloutConfig()  # torchrun refused it already (posttrain.recipes.launch)
     bf16 = cfg.train.mixed_precision == "bf16" or cfg.model.dtype == "bfloat16"
     engine = VLLMEngine(
         str(Path(model_dir).resolve()), tokenizer, "bfloat16" if bf16 else cfg.model.dtype,

@@ -37,6 +37,7 @@ from posttrain.cli import main as cli_main
 from posttrain.config import DistConfig, load_config
 from posttrain.errors import ConfigError
 from posttrain.models.io import load_model
+from posttrain.recipes.launch import open_training
 from posttrain.rollout.base import Completion, SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.train import distributed
@@ -244,3 +245,9 @@ def test_bad_launches_fail_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr(distributed, "world", lambda: 2)
     with pytest.raises(ConfigError, match="train.batch_size: 15 does not split over 2 processes"):
         distributed.check_divisible(15, "train.batch_size")
+    # engines that serve one trainer process are refused before any model is loaded
+    monkeypatch.setattr(distributed, "init", lambda *args: True)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    for backend in ("ray", "vllm"):
+        with pytest.raises(ConfigError, match=f"rollout.backend: the {backend} engine serves one trainer process"):
+            open_training(load_config(None, [f"rollout.backend={backend}"]), resume=False)
