@@ -52,7 +52,11 @@ def launched_world() -> int:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """Training is spread over processes: a group of more than one.
+
+    A group of one is not ours to act on: vLLM's in-process engine makes one.
+    """
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:

@@ -232,6 +232,20 @@ def test_uneven_micro_batches_equal_one_process(runs: Path, tiny_dir: Path, stra
     assert all(torch.allclose(two[k], v, atol=1e-6) for k, v in model.state_dict().items() if k in two)
 
 
+def test_a_process_group_of_one_is_not_distributed_training() -> None:
+    """vLLM's in-process engine starts a group of one; the trainer must stay a single process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        assert not distributed.active()
+        assert (distributed.rank(), distributed.world()) == (0, 1)
+        assert distributed.all_sum([2.0, 3.0]) == [2.0, 3.0]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_bad_launches_fail_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
