@@ -7,7 +7,7 @@ Engines (the batched PyTorch sampler here, vLLM later) implement
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -38,3 +38,14 @@ class RolloutEngine(Protocol):
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load the trainer's current weights into the engine."""
         ...
+
+
+def stop_token_ids(eos_token_id: int | None, generation_config: Any) -> set[int]:
+    """The tokenizer's eos, and any the model's generation config adds (chat models often list several)."""
+    stop = {int(eos_token_id)} if eos_token_id is not None else set()
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        stop.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        stop.update(int(i) for i in gen_eos)
+    return stop

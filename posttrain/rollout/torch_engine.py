@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rollout.base import Completion, SamplingParams, stop_token_ids
 from posttrain.rollout.decoders import Decoder, HFDecoder, StaticLlamaDecoder, supports_static_decode
 
 
@@ -74,12 +74,7 @@ class TorchEngine:
         self.batch_size = batch_size
         self.eos_id = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
-        self.stop_ids = {self.eos_id}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if isinstance(gen_eos, int):
-            self.stop_ids.add(gen_eos)
-        elif isinstance(gen_eos, list):
-            self.stop_ids.update(int(i) for i in gen_eos)
+        self.stop_ids = stop_token_ids(self.eos_id, getattr(model, "generation_config", None))
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=False)

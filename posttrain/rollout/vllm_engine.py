@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.errors import ConfigError
-from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rollout.base import Completion, SamplingParams, stop_token_ids
 
 
 def require_vllm() -> Any:
@@ -79,8 +80,11 @@ class VLLMEngine:
             enable_prefix_caching=True,  # a prompt's G samples share its prefill
             seed=seed,
         )
-        eos = tokenizer.eos_token_id
-        self.stop_ids = sorted({int(eos)} if eos is not None else set())
+        try:  # the same stop tokens as the torch engine: the tokenizer's eos and the generation config's
+            generation_config = GenerationConfig.from_pretrained(model_dir)
+        except OSError:  # no generation_config.json
+            generation_config = None
+        self.stop_ids = sorted(stop_token_ids(tokenizer.eos_token_id, generation_config))  # type: ignore[arg-type]
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy the trainer's weights (any device, any float dtype) into vLLM's model."""

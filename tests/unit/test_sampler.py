@@ -138,3 +138,14 @@ def test_dropping_finished_rows_changes_no_greedy_output(
     assert [c.finish_reason for c in dropped] == [c.finish_reason for c in keep_all]
     for a, b in zip(dropped, keep_all):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_stop_tokens_are_the_tokenizers_eos_and_the_generation_configs() -> None:
+    from transformers import GenerationConfig
+
+    from posttrain.rollout.base import stop_token_ids
+
+    assert stop_token_ids(2, None) == {2}
+    assert stop_token_ids(2, GenerationConfig(eos_token_id=7)) == {2, 7}
+    assert stop_token_ids(2, GenerationConfig(eos_token_id=[7, 9, 2])) == {2, 7, 9}  # chat models list several
+    assert stop_token_ids(None, GenerationConfig(eos_token_id=[5])) == {5}
