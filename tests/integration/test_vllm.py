@@ -24,6 +24,7 @@ pytest.importorskip("vllm", reason="vLLM is an optional extra: pip install 'post
 from posttrain.algorithms.logprobs import token_logprobs  # noqa: E402
 from posttrain.config import ArithmeticConfig, TinyModelConfig  # noqa: E402
 from posttrain.data.batch import collate, per_token  # noqa: E402
+from posttrain.data.tokenize import encode_prompt  # noqa: E402
 from posttrain.models.io import load_model, load_tokenizer  # noqa: E402
 from posttrain.models.tiny import build_tiny  # noqa: E402
 from posttrain.rollout.base import SamplingParams  # noqa: E402
@@ -52,7 +53,7 @@ def engine(model_dir: Path) -> Iterator[VLLMEngine]:
 def prompts(model_dir: Path) -> list[list[int]]:
     tok = load_tokenizer(model_dir)
     task = ArithmeticTask(ArithmeticConfig(num_operands=2, digits=1))
-    return [tok(task.prompt(ex))["input_ids"] for ex in task.examples("test", 8, 0)]
+    return [encode_prompt(tok, task.prompt(ex)) for ex in task.examples("test", 8, 0)]
 
 
 def test_vllm_engine_keeps_the_engine_contract(engine: VLLMEngine, prompts: list[list[int]]) -> None:
