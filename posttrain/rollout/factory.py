@@ -69,7 +69,7 @@ def build_engine(
             field="rollout.backend",
         )
     if r.backend == "vllm":
-        return _vllm_engine(cfg, model, tokenizer, model_dir)
+        return _vllm_engine(cfg, r, model, tokenizer, model_dir)
     init_ray(r)
     from posttrain.rollout.ray_engine import RayEngine
 
@@ -77,28 +77,30 @@ def build_engine(
         str(Path(model_dir).resolve()), r.workers, cfg.model.dtype, cfg.eval.batch_size, cfg.train.mixed_precision,
         r.sync_timeout_s, r.generate_timeout_s,
     )  # fmt: skip
-    return _first_sync(engine, policy_state(model))
+    return _first_sync(engine, model)
 
 
 def _vllm_engine(
-    cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: str | Path
+    cfg: Config, r: RolloutConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: str | Path
 ) -> Engine:
-    """vLLM on this process's GPU, beside the trainer, holding ``model``'s current weights."""
+    """vLLM on this process's GPU, beside the trainer, holding ``model``'s current weights.
+
+    torchrun refused this backend already (``posttrain.recipes.launch``).
+    """
     from posttrain.rollout.vllm_engine import VLLMEngine
 
-    r = cfg.rollout or RolloutConfig()  # torchrun refused it already (posttrain.recipes.launch)
     bf16 = cfg.train.mixed_precision == "bf16" or cfg.model.dtype == "bfloat16"
     engine = VLLMEngine(
         str(Path(model_dir).resolve()), tokenizer, "bfloat16" if bf16 else cfg.model.dtype,
         r.gpu_memory_utilization, r.enforce_eager, seed=cfg.seed,
     )  # fmt: skip
-    return _first_sync(engine, device_state(model))
+    return _first_sync(engine, model)
 
 
-def _first_sync(engine: Engine, state: dict[str, torch.Tensor]) -> Engine:
-    """Give a new engine its weights; if that fails, release its workers before the error goes up."""
+def _first_sync(engine: Engine, model: PreTrainedModel) -> Engine:
+    """Give a new engine ``model``'s weights; if that fails, release its workers before the error goes up."""
     try:
-        engine.sync_weights(state)
+        engine.sync_weights(_state_for(engine, model))
     except BaseException:
         engine.close()
         raise
@@ -123,5 +125,9 @@ def sync_engine(engine: RolloutEngine, model: PreTrainedModel) -> None:
     """Send ``model``'s weights to ``engine``, unless the engine generates from ``model`` itself."""
     if getattr(engine, "model", None) is model:
         return
-    on_device = getattr(engine, "takes_device_tensors", False)
-    engine.sync_weights(device_state(model) if on_device else policy_state(model))
+    engine.sync_weights(_state_for(engine, model))
+
+
+def _state_for(engine: RolloutEngine, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The trainer's tensors for an engine on its device (vLLM), host copies for one elsewhere (Ray)."""
+    return device_state(model) if getattr(engine, "takes_device_tensors", False) else policy_state(model)

@@ -88,8 +88,7 @@ class VLLMEngine:
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy the trainer's weights (any device, any float dtype) into vLLM's model."""
-        weights = list(state_dict.items())
-        self.llm.apply_model(lambda model: model.load_weights(iter(weights)))
+        self.llm.apply_model(lambda model: model.load_weights(iter(state_dict.items())))
         self.llm.reset_prefix_cache()  # cached keys and values belong to the old weights
 
     def close(self) -> None:
