@@ -159,3 +159,23 @@ def packed_micro_batches(batch: TokenBatch, micro_batch_size: int) -> list[Token
             )
         )
     return out
+
+
+def sequence_ids(batch: TokenBatch) -> torch.Tensor:
+    """(B, T-1) long: the index of the sequence each prediction column belongs to.
+
+    Aligned to ``response_mask``: column t predicts ``input_ids[:, t+1]`` from a context
+    ending at token t, so it belongs to the sequence that holds token t. Unpacked rows
+    are one sequence each: the id is the row index. In a packed row (``pack``) a
+    sequence starts wherever ``position_ids`` is 0; ids count those starts in row-major
+    order, so they are unique over the batch and a sequence's id is the same in every
+    column of it. The column between two packed sequences (which predicts the next
+    one's first token) and the row's padded tail carry ids too, but their response
+    mask is 0, so no loss reads them.
+    """
+    B, T = batch.input_ids.shape
+    if batch.position_ids is None:
+        return torch.arange(B, device=batch.input_ids.device).unsqueeze(1).expand(B, T - 1).contiguous()
+    starts = (batch.position_ids[:, : T - 1] == 0).long()
+    starts[:, 0] = 1  # every row begins a sequence
+    return (starts.flatten().cumsum(0) - 1).view(B, T - 1)

@@ -78,7 +78,7 @@ def test_gradient_raises_positive_advantage_tokens() -> None:
     lp = torch.log(torch.tensor([[0.3, 0.3]])).requires_grad_()
     out = grpo_loss(lp, lp.detach(), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), torch.ones(1, 2), 0.2, 0.2)
     out.loss_sum.backward()
-    assert lp.grad[0, 0] < 0 < lp.grad[0, 1]  # descent raises the first, lowers the second
+    assert lp.grad is not None and lp.grad[0, 0] < 0 < lp.grad[0, 1]  # descent raises the first, lowers the second
 
 
 def test_loss_weights_by_hand() -> None:
