@@ -25,7 +25,7 @@ from posttrain.config import ArithmeticConfig, TinyModelConfig
 from posttrain.models.tiny import build_tiny
 from posttrain.tasks.arithmetic import ArithmeticTask
 
-# the quickstart's task and model (recipes/quickstart.yaml)
+# the quickstart's task and model (posttrain/experiments/quickstart.yaml)
 TASK = ArithmeticConfig(num_operands=4, digits=1, operators="+-", direct_fraction=0.5)
 MODEL = TinyModelConfig()
 

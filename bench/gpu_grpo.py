@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 import posttrain.recipes.grpo as grpo_recipe
+from posttrain import experiments
 from posttrain.config import load_config
 from posttrain.recipes.grpo import train_grpo
 from posttrain.recipes.sft import train_sft
@@ -62,21 +63,21 @@ def main() -> None:
         f"stages.sft.train.max_steps={args.sft_steps}",
         "stages.sft.optim.lr=3e-4",
         f"stages.grpo.train.max_steps={args.grpo_steps}",
-        f"stages.grpo.grpo.prompts_per_step={args.prompts}",
+        f"stages.grpo.rollout.prompts_per_step={args.prompts}",
         "stages.grpo.train.micro_batch_size=128",
         "stages.grpo.optim.lr=1e-5",
         "grpo.drop_uniform_groups=false",  # every iteration trains, so step times are comparable
-        "eval.batch_size=1024",
+        "engine.batch_size=1024",
     ]
     peak = matmul_peak("cuda", torch.bfloat16, n=8192)
-    sft_dir = train_sft(load_config("recipes/quickstart.yaml", common, stage="sft"))
+    sft_dir = train_sft(load_config(experiments.path("quickstart"), common, stage="sft"))
     model_params = sum(t.numel() for t in load_file(str(sft_dir / "model.safetensors")).values())
     results = {}
     for engine in args.engines:
         grpo_cfg = load_config(
-            "recipes/quickstart.yaml",
-            [*common, f"output_dir={out}/grpo-{engine}", f"model.path={sft_dir}", f"rollout.backend={engine}",
-             f"rollout.gpu_memory_utilization={args.gpu_memory_utilization}"],
+            experiments.path("quickstart"),
+            [*common, f"output_dir={out}/grpo-{engine}", f"model.path={sft_dir}", f"engine.backend={engine}",
+             f"engine.gpu_memory_utilization={args.gpu_memory_utilization}"],
             stage="grpo",
         )  # fmt: skip
         syncs.clear()
@@ -84,7 +85,7 @@ def main() -> None:
         train_grpo(grpo_cfg)
         wall = time.perf_counter() - t0
         records = [r for r in read_metrics(out / f"grpo-{engine}" / "metrics.jsonl") if r.get("loss") is not None]
-        results[engine] = summarise(records[2:], model_params, peak, args.prompts * grpo_cfg.grpo.samples_per_prompt)
+        results[engine] = summarise(records[2:], model_params, peak, args.prompts * grpo_cfg.rollout.samples_per_prompt)
         results[engine]["sync_seconds"] = statistics.median(syncs) if syncs else 0.0
         # engine start-up (vLLM: load, compile, CUDA graphs) and the syncs: all the run's time outside iterations
         results[engine]["outside_iterations_seconds"] = wall - sum(

@@ -37,7 +37,7 @@ def train_posttrain(
     out = out or Path(tempfile.mkdtemp())
     cfg = load_config(None, [
         f"model.path={model}", f"output_dir={out}", f"train.max_steps={steps}", "train.micro_batch_size=128",
-        f"optim.lr={LR}", "optim.beta2=0.99", f"grpo.prompts_per_step={PROMPTS}", f"grpo.samples_per_prompt={G}",
+        f"optim.lr={LR}", "optim.beta2=0.99", f"rollout.prompts_per_step={PROMPTS}", f"rollout.samples_per_prompt={G}",
         f"sampling.max_new_tokens={MAX_NEW}", "grpo.drop_uniform_groups=false", "grpo.overlong=mask",
         f"data.arithmetic.num_operands={TASK.num_operands}", f"data.arithmetic.digits={TASK.digits}",
         f"train.packing={packing}", *(extra or []),

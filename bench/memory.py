@@ -25,7 +25,7 @@ micro-batch), ``checkpointing`` (``train.gradient_checkpointing``), ``accum``
 (``train.micro_batch_size`` = batch / 4), ``bf16`` (``train.mixed_precision``
 autocast), ``lora`` (r 16, all linear layers), ``lora+ckpt``.
 
-Models: the quickstart's tiny Llama (``recipes/quickstart.yaml``, ~0.8M parameters)
+Models: the quickstart's tiny Llama (``posttrain/experiments/quickstart.yaml``, ~0.8M parameters)
 and a larger Llama built from a config (hidden 512, 8 layers, ~25M parameters).
 With ``--device cuda`` the figures are ``torch.cuda`` allocated bytes instead of
 resident memory (QLoRA is then possible too: ``--settings qlora``).
@@ -119,8 +119,8 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
     from posttrain.algorithms.logprobs import token_logprobs
     from posttrain.algorithms.sft import sft_loss
     from posttrain.config import load_config
+    from posttrain.device import precision
     from posttrain.recipes.common import open_stage
-    from posttrain.train.device import precision
     from posttrain.train.loop import build_optimizer, optimizer_step
 
     name, setting = args.one

@@ -3,8 +3,8 @@
 The command line is a thin layer over these functions, which a notebook can call
 directly::
 
-    from posttrain import load_config, train_sft, train_grpo, run_pipeline
-    cfg = load_config("recipes/quickstart.yaml", ["train.max_steps=50"], stage="sft")
+    from posttrain import experiments, load_config, train_sft, train_grpo, run_pipeline
+    cfg = load_config(experiments.path("quickstart"), ["train.max_steps=50"], stage="sft")
     sft_dir = train_sft(cfg)
 """
 
@@ -21,7 +21,7 @@ _API = {
     "train_sft": "posttrain.recipes.sft",
     "train_grpo": "posttrain.recipes.grpo",
     "run_eval": "posttrain.recipes.evaluate",
-    "evaluate_model": "posttrain.recipes.evaluate",
+    "evaluate_model": "posttrain.eval.sampling",
     "run_generate": "posttrain.recipes.generate",
     "run_pipeline": "posttrain.recipes.pipeline",
     "run_predict": "posttrain.recipes.predict",

@@ -12,6 +12,10 @@
     posttrain compare  --config F [--resume] [key=value ...]     DPO (offline..online) vs GRPO, over seeds
     posttrain merge    --adapter DIR --out DIR [--dtype D]       LoRA adapters + base -> one HF model
 
+``--config`` takes a YAML file, or the name of an experiment shipped in the package
+(``posttrain.experiments``: quickstart, compare-dpo-grpo, predict-rl); ``run`` defaults
+to ``quickstart``.
+
 Every bad input the user controls ends in one line naming file, line and field,
 and exit status 2.
 """
@@ -21,20 +25,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
+from posttrain import experiments
 from posttrain.errors import ConfigError, PosttrainError
 
-QUICKSTART = "recipes/quickstart.yaml"
+DEFAULT_EXPERIMENT = "quickstart"
 
 
 def default_config() -> Path:
-    """``recipes/quickstart.yaml`` of the working directory, else the copy in the package."""
-    local = Path(QUICKSTART)
-    if local.is_file():
-        return local
-    return Path(str(resources.files("posttrain.recipes") / "quickstart.yaml"))
+    """The packaged quickstart, what ``posttrain run`` uses without ``--config``."""
+    return experiments.path(DEFAULT_EXPERIMENT)
+
+
+def resolve_config(arg: str) -> Path:
+    """``--config ARG``: the YAML file ``ARG`` if there is one, else the packaged experiment of that name."""
+    as_file = Path(arg)
+    if as_file.is_file():
+        return as_file
+    known = experiments.names()
+    stem = arg.removesuffix(experiments.SUFFIX)
+    if stem in known:
+        return experiments.path(stem)
+    # e.g. the old `recipes/quickstart.yaml`: the experiments now ship inside the package
+    hint = f"; did you mean --config {as_file.stem}?" if as_file.stem in known else ""
+    raise ConfigError(
+        f"{arg}: no such file, nor a packaged experiment of that name (packaged: {', '.join(known)}){hint}",
+        file="command line",
+        field="--config",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +73,12 @@ def parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("--config", "-c", help="YAML config (default for run: recipes/quickstart.yaml)")
+        s.add_argument(
+            "--config",
+            "-c",
+            help=f"a YAML file, or a packaged experiment's name ({', '.join(experiments.names())}); "
+            f"run defaults to {DEFAULT_EXPERIMENT}",
+        )
         s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
         if name in ("run", "sft", "grpo", "dpo", "rm", "compare"):
             s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -70,6 +94,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 DISTRIBUTED = ("sft", "dpo", "grpo")  # the commands torchrun may launch on several processes
+# commands that run several stages, and the stages among them that sample
+SAMPLING_STAGES = {"run": ("grpo", "eval"), "predict-rl": ("grpo", "eval"), "compare": ("dpo", "grpo", "eval")}
+SAMPLING = ("grpo", "dpo", "eval", "generate")  # one-stage commands that sample
+
+
+def check_engines(config: Path | None, overrides: list[str], stages: tuple[str, ...]) -> None:
+    """Refuse what each stage's engine cannot do, in one line, before any stage runs or any model loads.
+
+    A compare method's own overlay is checked by the factory when that method starts.
+    """
+    from posttrain.config import load_config
+    from posttrain.rollout.factory import check_engine
+
+    for stage in stages:
+        check_engine(load_config(config, overrides, stage=stage))
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -86,9 +125,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
         run_merge(args.adapter, args.out, args.dtype)
         return 0
-    config = args.config
+    config = resolve_config(args.config) if args.config is not None else None
     if config is None and args.command == "run":
         config = default_config()
+    check_engines(config, args.overrides, SAMPLING_STAGES.get(args.command, ()))
     if args.command == "run":
         from posttrain.recipes.pipeline import run_pipeline
 
@@ -111,6 +151,10 @@ def dispatch(args: argparse.Namespace) -> int:
         run_predict(load_config(config, args.overrides, stage="eval"))
         return 0
     cfg = load_config(config, args.overrides, stage=args.command)
+    if args.command in SAMPLING:
+        from posttrain.rollout.factory import check_engine
+
+        check_engine(cfg, distributed=launched_world() > 1)
     if args.command == "sft":
         from posttrain.recipes.sft import train_sft
 

@@ -27,11 +27,11 @@ FAST = [
     "train.batch_size=16",
     "train.micro_batch_size=8",
     "sampling.max_new_tokens=16",
-    "grpo.prompts_per_step=4",
-    "grpo.samples_per_prompt=4",
+    "rollout.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
     "eval.num_problems=8",
     "eval.samples_per_problem=4",
-    "eval.max_new_tokens=16",
+    "eval.sampling.max_new_tokens=16",
     "eval.heldout_demos=16",
 ]
 

@@ -1,13 +1,13 @@
 """Configuration: frozen nested dataclasses, YAML overlays and dotted overrides.
 
-Defaults live in code. A named experiment (``recipes/*.yaml``) is a short overlay;
+Defaults live in code. A named experiment (``posttrain/experiments/*.yaml``, ``--config NAME``) is a short overlay;
 the command line adds ``section.key=value`` overrides on top. Unknown keys fail
 with the nearest valid key suggested, wrong types fail with the file and line of
 the offending key, and sizes that must divide each other are checked at load.
 
 A config file may hold a ``stages`` mapping (``stages.sft``, ``stages.grpo``): the
 overlay for one stage of a pipeline, merged over the rest of the file when that
-stage runs. ``posttrain sft --config recipes/quickstart.yaml`` therefore trains
+stage runs. ``posttrain sft --config quickstart`` therefore trains
 with exactly the settings ``posttrain run`` uses for its SFT stage.
 """
 
@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from posttrain.config.reward import RewardComponentConfig, RewardConfig, validate_reward
 from posttrain.config.sections import (
     STAGES,
     ArithmeticConfig,
@@ -31,6 +32,7 @@ from posttrain.config.sections import (
     DataConfig,
     DistConfig,
     DPOConfig,
+    EngineConfig,
     EvalConfig,
     GRPOConfig,
     LoraConfig,
@@ -52,12 +54,15 @@ __all__ = [
     "DataConfig",
     "DistConfig",
     "DPOConfig",
+    "EngineConfig",
     "EvalConfig",
     "GRPOConfig",
     "LoraConfig",
     "ModelConfig",
     "OptimConfig",
     "PredictConfig",
+    "RewardComponentConfig",
+    "RewardConfig",
     "RolloutConfig",
     "SamplingConfig",
     "TinyModelConfig",
@@ -97,6 +102,10 @@ def _record_lines(node: yaml.Node, prefix: str, file: str, src: _Source) -> None
             key = f"{prefix}{key_node.value}"
             src.lines[key] = (file, key_node.start_mark.line + 1)
             _record_lines(value_node, key + ".", file, src)
+    elif isinstance(node, yaml.SequenceNode):  # list items are numbered: reward.components.1.kind
+        for i, item in enumerate(node.value):
+            src.lines[f"{prefix}{i}"] = (file, item.start_mark.line + 1)
+            _record_lines(item, f"{prefix}{i}.", file, src)
 
 
 def _read_yaml(path: Path, src: _Source) -> dict[str, Any]:
@@ -209,12 +218,48 @@ def to_dict(cfg: Any) -> Any:
         return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, dict):
         return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
     return cfg
+
+
+# Keys of earlier releases, each with the key (or setting) that replaced it: a config that
+# still uses one fails with one line naming its new home instead of a bare "unknown key".
+RENAMED: dict[str, str] = {
+    "grpo.prompts_per_step": "rollout.prompts_per_step",
+    "grpo.samples_per_prompt": "rollout.samples_per_prompt",
+    "grpo.std_normalize": "grpo.advantage (grpo: with the group std, dr_grpo: without)",
+    "grpo.reward": "reward.components (e.g. [{kind: reward_model, path: DIR}])",
+    "grpo.reward_model_path": "reward.components ({kind: reward_model, path: DIR})",
+    "rollout.scorer": "reward.components (e.g. [{kind: reward_model, path: DIR}])",
+    "rollout.reward_model_path": "reward.components ({kind: reward_model, path: DIR})",
+    "rollout.pairs": "dpo.pairs",
+    "rollout.reference": "rollout.ref_sync_every (0: fixed; equal to rollout.sync_every: synced with the sampler)",
+    "rollout.backend": "engine.backend",
+    "rollout.workers": "engine.workers",
+    "rollout.sync_timeout_s": "engine.sync_timeout_s",
+    "rollout.generate_timeout_s": "engine.generate_timeout_s",
+    "rollout.address": "engine.address",
+    "rollout.gpu_memory_utilization": "engine.gpu_memory_utilization",
+    "rollout.enforce_eager": "engine.enforce_eager",
+    "rollout.reward_workers": "reward.workers",
+    "rollout.reward_timeout_s": "reward.timeout_s",
+    "train.log_every": "nothing: every step is logged (remove the key)",
+    "eval.temperature": "eval.sampling.temperature",
+    "eval.top_p": "eval.sampling.top_p",
+    "eval.max_new_tokens": "eval.sampling.max_new_tokens",
+    "eval.batch_size": "engine.batch_size (one engine samples for training and evaluation)",
+    "eval.check_timeout_s": "reward.timeout_s (one deadline pool checks answers in training and evaluation)",
+    "eval.check_workers": "reward.workers (one deadline pool checks answers in training and evaluation)",
+}
 
 
 def _unknown(prefix: str, key: str, valid: typing.Iterable[str], src: _Source) -> ConfigError:
     dotted = f"{prefix}.{key}" if prefix else key
     file, line = src.where(dotted)
+    renamed = RENAMED.get(dotted) or RENAMED.get(dotted.split(".", 2)[-1] if dotted.startswith("stages.") else "")
+    if renamed:
+        return ConfigError(f"{key!r} was renamed: use {renamed}", file=file, line=line, field=dotted)
     valid = list(valid)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
@@ -249,6 +294,14 @@ def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
         return ConfigError(f"expected {expected}, got {value!r}", file=file, line=line, field=dotted)
 
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        required = [
+            f.name for f in dataclasses.fields(tp)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]  # fmt: skip
+        absent = [k for k in required if isinstance(value, dict) and k not in value]
+        if absent:  # a list item such as reward.components.1 without its kind
+            file, line = src.where(dotted)
+            raise ConfigError(f"missing key {absent[0]!r}", file=file, line=line, field=dotted)
         return build(tp, value, dotted, src)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -269,6 +322,10 @@ def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
         if not isinstance(value, dict):
             raise fail("a mapping")
         return dict(value)
+    if origin is list:  # each item checked against the item type, its errors named key.<index>
+        if not isinstance(value, list):
+            raise fail("a list")
+        return [_coerce(args[0], item, f"{dotted}.{i}", src) for i, item in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
             raise fail("true or false")
@@ -308,23 +365,34 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     need(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0")
     need(o.lr > 0, "optim.lr", "must be > 0")
-    need(g.samples_per_prompt >= 2, "grpo.samples_per_prompt", "needs at least 2 samples to form a group baseline")
-    need(g.prompts_per_step > 0, "grpo.prompts_per_step", "must be > 0")
+    r = cfg.rollout
+    need(r.prompts_per_step > 0, "rollout.prompts_per_step", "must be > 0")
+    need(r.samples_per_prompt >= 2, "rollout.samples_per_prompt", "needs at least 2 samples: a group baseline, a pair")
+    need(r.sync_every >= 0, "rollout.sync_every", "must be >= 0 (0 never syncs: offline)")
+    need(r.ref_sync_every >= 0, "rollout.ref_sync_every", "must be >= 0 (0 keeps the initial policy)")
     need(g.minibatches > 0, "grpo.minibatches", "must be > 0")
     need(g.updates_per_batch > 0, "grpo.updates_per_batch", "must be > 0")
     need(
-        g.prompts_per_step % g.minibatches == 0,
+        r.prompts_per_step % g.minibatches == 0,
         "grpo.minibatches",
-        f"must divide grpo.prompts_per_step ({g.prompts_per_step}) so each minibatch holds whole groups",
+        f"must divide rollout.prompts_per_step ({r.prompts_per_step}) so each minibatch holds whole groups",
     )
-    need(0 < g.clip_low < 1, "grpo.clip_low", "must be in (0, 1)")
+    need(0 < g.clip_low <= 1, "grpo.clip_low", "must be in (0, 1] (1: no lower clip, as CISPO uses)")
     need(g.clip_high > 0, "grpo.clip_high", "must be > 0")
     need(g.kl_coef >= 0, "grpo.kl_coef", "must be >= 0")
-    for key, sc in (("sampling", s), ("eval", e)):
+    need(g.entropy_coef >= 0, "grpo.entropy_coef", "must be >= 0")
+    need(g.gspo_clip_low > 0 and g.gspo_clip_high > 0, "grpo.gspo_clip_low", "the GSPO clip range must be > 0")
+    need(
+        g.kl_in != "reward" or g.kl_estimator == "k1",
+        "grpo.kl_estimator",
+        "a KL in the reward is the k1 estimate per sequence: use grpo.kl_estimator=k1 with grpo.kl_in=reward",
+    )
+    for key, sc in (("sampling", s), ("eval.sampling", e.sampling)):
         need(sc.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 is greedy)")
         need(0 < sc.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
         need(sc.max_new_tokens > 0, f"{key}.max_new_tokens", "must be > 0")
     need(s.top_k >= 0, "sampling.top_k", "must be >= 0")
+    need(e.sampling.top_k >= 0, "eval.sampling.top_k", "must be >= 0")
     need(e.samples_per_problem > 0, "eval.samples_per_problem", "must be > 0")
     need(e.num_problems > 0, "eval.num_problems", "must be > 0")
     a = cfg.data.arithmetic
@@ -343,42 +411,26 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
         "the jsonl task needs data.path",
     )
     _validate_eval_and_sft_data(cfg, need)
-    need(
-        g.reward != "reward_model" or g.reward_model_path is not None,
-        "grpo.reward_model_path",
-        "grpo.reward=reward_model needs a reward model directory",
-    )
     _validate_preferences(cfg, src, need)
     _validate_scale(cfg, need)
+    validate_reward(cfg.reward, need)
 
 
 def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
-    r, d, lo = cfg.rollout, cfg.dist, cfg.lora
-    if r is not None:
-        need(r.workers > 0, "rollout.workers", "must be > 0")
-        need(r.reward_workers > 0, "rollout.reward_workers", "must be > 0")
-        for key in ("sync_timeout_s", "generate_timeout_s", "reward_timeout_s"):
-            need(getattr(r, key) > 0, f"rollout.{key}", "must be > 0 seconds")
-        need(0 < r.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization", "must be in (0, 1)")
-        truncates = cfg.sampling.top_p < 1 or cfg.sampling.top_k > 0
-        need(
-            r.backend != "vllm" or not truncates,
-            "rollout.backend",
-            "vLLM returns logprobs after top-k/top-p truncation, which the trainer does not recompute: "
-            "use sampling.top_p=1 and sampling.top_k=0 with rollout.backend=vllm",
-        )
+    """The engine's and the launcher's numbers; what an engine can do is its own declaration
+    (``posttrain.rollout.base``), asked by the factory before any model loads."""
+    e, d, lo = cfg.engine, cfg.dist, cfg.lora
+    need(e.workers > 0, "engine.workers", "must be > 0")
+    need(e.batch_size > 0, "engine.batch_size", "must be > 0")
+    for key in ("sync_timeout_s", "generate_timeout_s"):
+        need(getattr(e, key) > 0, f"engine.{key}", "must be > 0 seconds")
+    need(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization", "must be in (0, 1)")
     need(d.timeout_s > 0, "dist.timeout_s", "must be > 0 seconds")
     if lo is not None:
         need(lo.r > 0, "lora.r", "must be > 0")
         need(lo.alpha > 0, "lora.alpha", "must be > 0")
         need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)")
         need(bool(lo.target_modules.strip()), "lora.target_modules", "name the modules to adapt, or all-linear")
-        need(
-            r is None or r.backend == "torch",
-            "rollout.backend",
-            f"the {r.backend if r else ''} engine holds a plain model and cannot take LoRA adapter weights: "
-            "use rollout.backend=torch with lora",
-        )
         need(
             lo.quantize != "4bit" or d.strategy != "fsdp",
             "lora.quantize",
@@ -387,19 +439,10 @@ def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None
 
 
 def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, str], None]) -> None:
-    d, r, c = cfg.dpo, cfg.rollout, cfg.compare
+    d, c = cfg.dpo, cfg.compare
     need(d.beta > 0, "dpo.beta", "must be > 0")
     need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
     need(d.nll_coef >= 0, "dpo.nll_coef", "must be >= 0")
-    if r is not None:
-        need(r.prompts_per_step > 0, "rollout.prompts_per_step", "must be > 0")
-        need(r.samples_per_prompt >= 2, "rollout.samples_per_prompt", "needs at least 2 samples to form a pair")
-        need(r.sync_every >= 0, "rollout.sync_every", "must be >= 0 (0 never syncs: offline)")
-        need(
-            r.scorer != "reward_model" or r.reward_model_path is not None,
-            "rollout.reward_model_path",
-            "rollout.scorer=reward_model needs a reward model directory",
-        )
     need(c.seeds > 0, "compare.seeds", "must be > 0")
     need(c.sampled_responses > 0, "compare.sampled_responses", "must be > 0")
     need(c.eval_points > 0, "compare.eval_points", "must be > 0")
@@ -429,8 +472,6 @@ def _validate_eval_and_sft_data(cfg: Config, need: Callable[[bool, str, str], No
     )
     need(cfg.train.epochs >= 0, "train.epochs", "must be >= 0 (0: train.max_steps decides)")
     need(e.chunk_size > 0, "eval.chunk_size", "must be > 0")
-    need(e.check_timeout_s > 0, "eval.check_timeout_s", "must be > 0")
-    need(e.check_workers > 0, "eval.check_workers", "must be > 0")
     need(
         p.large_k >= 0 and p.large_k & (p.large_k - 1) == 0,
         "predict.large_k",

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from posttrain.config.reward import RewardConfig
+
 STAGES = ("sft", "grpo", "eval", "generate", "dpo", "rm", "compare")
 
 
@@ -62,14 +64,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 100  # optimiser steps (SFT) or rollout batches (GRPO)
+    max_steps: int = 100  # optimiser steps (SFT, offline DPO, rm) or iterations, one sampled batch each (GRPO, online DPO)
     batch_size: int = 64  # sequences per optimiser step (SFT)
     micro_batch_size: int = 64  # sequences per forward/backward pass
     max_seq_len: int = 128
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     save_every: int = 0  # steps between checkpoints; 0 saves only at the end
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
-    log_every: int = 1
     epochs: float = 0.0  # SFT: > 0 sets max_steps to this many passes over the demonstrations
     # SFT, GRPO: lay short sequences end to end in rows of the longest one's length instead of padding
     packing: bool = False
@@ -90,6 +91,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How samples are drawn: training rollouts (``sampling``) and evaluation (``eval.sampling``)."""
+
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 disables
@@ -97,28 +100,70 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """What one RL iteration samples, and how stale its sampler and reference may be (GRPO, online DPO).
+
+    An iteration draws ``prompts_per_step`` prompts and samples ``samples_per_prompt``
+    completions of each; GRPO then takes ``grpo.minibatches`` x ``grpo.updates_per_batch``
+    optimiser steps on them, online DPO one. Counts are global: under torchrun each rank
+    samples its share of the prompts.
+    """
+
+    prompts_per_step: int = 16  # prompts drawn per iteration, over all ranks
+    samples_per_prompt: int = 8  # completions per prompt: the group (GRPO) or the pool pairs come from (DPO)
+    # iterations between syncs of the sampler's weights from the trainer: 1 on-policy, s > 1 semi-online,
+    # 0 never (offline: the initial policy's samples, drawn as training goes)
+    sync_every: int = 1
+    # iterations between syncs of the reference (DPO's reference, GRPO's KL target): 0 keeps the initial policy
+    ref_sync_every: int = 0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Who samples: the in-process batched sampler, Ray actors, or vLLM beside the trainer on one GPU."""
+
+    # torch: this process; ray: `workers` actors each holding a copy of the policy;
+    # vllm: colocated with the trainer on one GPU (pip install 'posttrain[vllm]')
+    backend: Literal["torch", "ray", "vllm"] = "torch"
+    batch_size: int = 256  # sequences per generation batch (torch and ray engines), for training and evaluation
+    workers: int = 2  # ray: rollout actors
+    sync_timeout_s: float = 120.0  # ray: a weight sync to the actors slower than this is an error
+    generate_timeout_s: float = 600.0  # ray: one generate() call slower than this is an error
+    address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts a local one
+    gpu_memory_utilization: float = 0.3  # vllm: share of the GPU's memory vLLM may take (weights + KV cache)
+    enforce_eager: bool = False  # vllm: skip torch.compile and CUDA graphs (faster start, slower decode)
+
+
+@dataclass(frozen=True)
 class GRPOConfig:
-    prompts_per_step: int = 16
-    samples_per_prompt: int = 8
-    updates_per_batch: int = 1  # passes over each batch of rollouts
-    minibatches: int = 1  # optimiser steps per pass
+    """The update of `posttrain grpo` (``posttrain.algorithms.grpo``, ``posttrain.algorithms.advantages``)."""
+
+    updates_per_batch: int = 1  # passes over each iteration's rollouts
+    minibatches: int = 1  # optimiser steps per pass, each over whole groups
+    # grpo: group mean and std; dr_grpo: group mean only; rloo: leave-one-out mean;
+    # reinforce_pp: batch mean and std; reinforce_pp_baseline: group mean, then batch std
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "grpo"
+    policy_loss: Literal["ppo_clip", "gspo", "cispo"] = "ppo_clip"  # token-level clip, GSPO's sequence ratio, CISPO
     clip_low: float = 0.2
     clip_high: float = 0.28
-    std_normalize: bool = True
+    gspo_clip_low: float = 3e-4  # gspo: the sequence-level ratio's clip range (the paper's order of magnitude)
+    gspo_clip_high: float = 4e-4
     loss_agg: Literal["token_mean", "seq_mean", "constant"] = "token_mean"
     kl_coef: float = 0.0
-    kl_estimator: Literal["k1", "k3"] = "k3"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # as a loss: k2's gradient is reverse KL's, k3's forward KL's
+    kl_in: Literal["loss", "reward"] = "loss"  # a KL term in the loss, or k1 per sequence subtracted from the reward
+    entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * token entropy
     drop_uniform_groups: bool = True
     overlong: Literal["mask", "penalty", "none"] = "mask"
     overlong_reward: float = 0.0  # reward given to truncated completions with overlong=penalty
-    reward: Literal["verifier", "reward_model"] = "verifier"  # what scores each completion
-    reward_model_path: str | None = None  # grpo.reward=reward_model: a directory saved by `posttrain rm`
 
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """The preference loss (``posttrain.algorithms.dpo``) of `posttrain dpo`."""
+    """`posttrain dpo`: the preference loss (``posttrain.algorithms.dpo``) and where the pairs come from."""
 
+    mode: Literal["offline", "online"] = "offline"  # offline: pairs from data.path; online: the policy samples them
+    pairs: Literal["random", "best_worst", "group"] = "random"  # online: posttrain.algorithms.pairs
     loss: Literal["sigmoid", "cdpo", "ipo", "simpo", "rpo"] = "sigmoid"
     beta: float = 0.1
     label_smoothing: float = 0.0  # cdpo: assumed share of flipped preference labels, in [0, 0.5)
@@ -126,34 +171,6 @@ class DPOConfig:
     nll_coef: float = 1.0  # rpo: weight of the chosen response's per-token NLL
     cache_reference: bool = True  # offline: reference logprobs computed once, cached on disk
     cache_dir: str | None = None  # where the cache lives; default output_dir/ref_cache
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    """Who samples, and for `posttrain dpo` that it samples at all.
-
-    Setting this section makes `posttrain dpo` online or semi-online (it samples
-    its own pairs); GRPO always samples and reads only the engine keys here.
-    """
-
-    prompts_per_step: int = 16  # DPO: task prompts sampled per optimiser step
-    samples_per_prompt: int = 8  # DPO: responses per prompt, from which pairs are built
-    sync_every: int = 1  # DPO: optimiser steps between generator syncs; 1 online, 0 never (offline)
-    reference: Literal["fixed", "synced"] = "fixed"  # DPO: the initial policy, or the generator's weights
-    pairs: Literal["random", "best_worst", "group"] = "random"  # DPO: posttrain.algorithms.pairs
-    scorer: Literal["verifier", "reward_model"] = "verifier"  # DPO
-    reward_model_path: str | None = None  # DPO scorer=reward_model: a directory saved by `posttrain rm`
-    # the engine: in-process batched sampler, N Ray actors each holding a copy of the policy,
-    # or vLLM colocated with the trainer on one GPU (pip install 'posttrain[vllm]')
-    backend: Literal["torch", "ray", "vllm"] = "torch"
-    workers: int = 2  # ray: rollout actors
-    sync_timeout_s: float = 120.0  # ray: a weight sync to the actors slower than this is an error
-    generate_timeout_s: float = 600.0  # ray: one generate() call slower than this is an error
-    reward_workers: int = 2  # ray: reward actors; each reward call runs under reward_timeout_s
-    reward_timeout_s: float = 10.0  # ray: a reward slower than this counts as timed out, never as 0
-    address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts a local one
-    gpu_memory_utilization: float = 0.3  # vllm: share of the GPU's memory vLLM may take (weights + KV cache)
-    enforce_eager: bool = False  # vllm: skip torch.compile and CUDA graphs (faster start, slower decode)
 
 
 @dataclass(frozen=True)
@@ -190,20 +207,21 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """`posttrain eval`: pass@k, maj@k, greedy accuracy and held-out loss on test problems.
+
+    The engine (``engine``) and the answer checks' deadline pool (``reward.workers``,
+    ``reward.timeout_s``) are the ones training uses.
+    """
+
     num_problems: int = 200
     samples_per_problem: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how evaluation samples are drawn
     heldout_demos: int = 200  # demonstrations for held-out NLL; 0 skips it
-    batch_size: int = 256  # sequences per generation batch
     models: dict[str, str] = field(default_factory=dict)  # name -> directory (posttrain eval)
     # samples are drawn in seeded chunks of this many per problem, so a larger n reuses the cached ones
     chunk_size: int = 8
     cache: bool = True  # reuse samples and scores cached by (weights hash, problems, sampling settings)
     cache_dir: str | None = None  # default: output_dir/eval_cache
-    check_timeout_s: float = 10.0  # per answer check run in a worker process (math_verify)
-    check_workers: int = 2  # worker processes for those checks
 
 
 @dataclass(frozen=True)
@@ -231,7 +249,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
-    rollout: RolloutConfig | None = None  # set: online/semi-online DPO and the engine; unset: DPO on data.path
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     lora: LoraConfig | None = None  # set: train low-rank adapters instead of every weight
     compare: CompareConfig = field(default_factory=CompareConfig)

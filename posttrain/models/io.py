@@ -6,7 +6,7 @@ weights are touched.
 
 A peft adapter directory (``adapter_config.json``, what a LoRA run saves) stands
 for its base model plus the adapters: it passes the same checks and loads merged
-(``posttrain.models.lora``), so eval, generate and a next stage use a LoRA run's
+(``load_adapter_model``), so eval, generate and a next stage use a LoRA run's
 ``final/`` like any other model directory.
 """
 
@@ -15,15 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from posttrain.device import resolve_device
 from posttrain.errors import ModelError
-from posttrain.train.device import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"
@@ -112,15 +114,26 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 def load_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
     check_causal_lm_dir(path)
     if is_adapter_dir(path):
-        # imported here: peft takes seconds to import, and plain model directories never need it
-        from posttrain.models.lora import load_adapter_model
-
         return load_adapter_model(path, dtype, device)
     AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
     model.to(resolve_device(device))  # type: ignore[arg-type]  # transformers types .to oddly
     model.config.use_cache = False  # training default; the sampler asks for the cache itself
     return model
+
+
+def load_adapter_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
+    """Base + the adapters of ``path``, merged into one plain model."""
+    # imported here: peft takes seconds to import, and plain model directories never need it
+    from peft import PeftModel
+
+    base = load_model(adapter_base(path), dtype, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(base, str(path))
+    merged = model.merge_and_unload()
+    merged.config.use_cache = False  # as load_model leaves it
+    return cast(PreTrainedModel, merged)
 
 
 def context_length(model: PreTrainedModel) -> int | None:

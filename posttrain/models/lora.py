@@ -12,8 +12,9 @@ run's ``final/`` and checkpoints are usable outside posttrain as they are.
   frozen base is loaded in NF4 with double quantisation and bf16 compute through
   bitsandbytes, which needs a CUDA GPU; ``check_lora`` says so in one line before
   anything is loaded.
-- An adapter directory stands for base + adapters: ``load_adapter_model`` merges
-  them into a plain model (``posttrain.models.io.load_model`` calls it), and
+- An adapter directory stands for base + adapters: ``load_adapter_model``
+  (``posttrain.models.io``, re-exported here) merges them into a plain model
+  (``load_model`` calls it), and
   ``merge_adapter`` writes that model as a Hugging Face directory
   (``posttrain merge``). A QLoRA adapter merges into the unquantised base, which
   is close to, not bit-equal with, the NF4 model it was trained on.
@@ -35,17 +36,18 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from posttrain.config import LoraConfig
+from posttrain.device import resolve_device
 from posttrain.errors import ConfigError
 from posttrain.models.io import (
     DTYPES,
     adapter_base,
     check_causal_lm_dir,
     is_adapter_dir,
+    load_adapter_model,
     load_model,
     load_tokenizer,
     save_pretrained_atomic,
 )
-from posttrain.train.device import resolve_device
 
 __all__ = [
     "BaseView",
@@ -143,19 +145,6 @@ def load_lora_policy(
 def is_lora(model: Any) -> bool:
     """A model wrapped with peft adapters (what ``load_lora_policy`` returns)."""
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def load_adapter_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
-    """Base + the adapters of ``path``, merged into one plain model."""
-    from peft import PeftModel
-
-    base = load_model(adapter_base(path), dtype, device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model = PeftModel.from_pretrained(base, str(path))
-    merged = model.merge_and_unload()
-    merged.config.use_cache = False  # as load_model leaves it
-    return cast(PreTrainedModel, merged)
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, dtype: str = "float32") -> Path:

@@ -1,4 +1,4 @@
-"""Set-up shared by every recipe: seeds, threads, the model directory, the task.
+"""Set-up shared by every recipe: seeds, threads, the output and model directories, the stage.
 
 The memory knobs meet the model here: ``lora`` wraps it with peft adapters (only
 they train; ``posttrain.models.lora``) and ``train.gradient_checkpointing``
@@ -15,7 +15,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,11 +24,12 @@ import transformers
 from posttrain.config import Config, DataConfig, to_dict
 from posttrain.errors import ConfigError
 from posttrain.models.io import check_causal_lm_dir, context_length, is_adapter_dir, load_model, load_tokenizer
-from posttrain.models.lora import BaseView, check_lora, is_lora, load_lora_policy, merged_copy
+from posttrain.models.lora import check_lora, load_lora_policy, merged_copy
 from posttrain.models.tiny import build_tiny
-from posttrain.tasks.arithmetic import ArithmeticTask
-from posttrain.tasks.base import Task
+from posttrain.seeds import derive_seed as derive_seed  # re-exported: recipes import it from here
+from posttrain.tasks.registry import make_task as make_task  # re-exported: recipes import it from here
 from posttrain.train.checkpoint import latest_checkpoint
+from posttrain.train.reference import reference_model as reference_model  # re-exported, likewise
 
 Loader = Callable[[Path, transformers.PreTrainedTokenizerBase], transformers.PreTrainedModel]
 
@@ -127,38 +128,6 @@ def model_dir(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(base)))
 
 
-def reference_model(cfg: Config, policy: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
-    """The frozen initial policy, for DPO's reference and GRPO's KL term.
-
-    With LoRA, the policy's own base with its adapters off (``BaseView``): equal to
-    the initial policy because adapters start at ``lora_B = 0``, and no second copy
-    of the weights. Otherwise a second copy loaded from ``model.path``.
-    """
-    if is_lora(policy):
-        return cast(transformers.PreTrainedModel, BaseView(policy))  # called like a model: all a reference needs
-    assert cfg.model.path is not None  # model_dir resolved it
-    ref = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()
-    ref.requires_grad_(False)
-    return ref
-
-
-def make_task(data: DataConfig) -> Task:
-    if data.task == "arithmetic":
-        return ArithmeticTask(data.arithmetic)
-    from posttrain.tasks.jsonl import JsonlTask
-
-    assert data.path is not None  # checked by config validation
-    return JsonlTask(data.path, verifier=data.verifier, eval_path=data.eval_path, format=data.format)
-
-
 def train_examples_count(data: DataConfig) -> int | None:
     """How many demonstrations to draw: all of a file, ``num_train`` of a generated task."""
     return data.num_train if data.task == "arithmetic" else None
-
-
-def derive_seed(*parts: int) -> int:
-    """A seed for one step of one stage, independent of any RNG state: resume-safe."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p + 0x9E3779B9 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFF
-    return h

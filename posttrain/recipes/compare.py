@@ -45,10 +45,7 @@ RECIPES: dict[str, Callable[..., Path]] = {"dpo": train_dpo, "grpo": train_grpo}
 
 
 def responses_per_step(recipe: str, cfg: Config) -> int:
-    """Training responses one step samples: one DPO optimiser step, or one GRPO iteration."""
-    if recipe == "grpo":
-        return cfg.grpo.prompts_per_step * cfg.grpo.samples_per_prompt
-    assert cfg.rollout is not None
+    """Training responses one iteration samples: one DPO optimiser step, or one GRPO iteration."""
     return cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
 
 
@@ -66,10 +63,8 @@ def method_configs(path: str | Path | None, overrides: list[str] | tuple[str, ..
         cfg = apply_overlay(
             load_config(path, overrides, stage=recipe), {k: v for k, v in overlay.items() if k != "recipe"}
         )
-        if recipe == "dpo" and cfg.rollout is None:
-            raise ConfigError(
-                "a DPO method samples its own pairs here: give it a rollout section", file=file, field=where
-            )
+        if recipe == "dpo" and cfg.dpo.mode != "online":
+            raise ConfigError("a DPO method samples its own pairs here: set dpo.mode: online", file=file, field=where)
         if cfg.optim.schedule != "constant":
             raise ConfigError(
                 "runs are trained in resumed segments: use optim.schedule=constant", file=file, field=where
@@ -168,14 +163,14 @@ def write_comparison(
     k = top_k(rows)
     e = eval_cfg.eval
     notes = [
-        f"Held-out: {e.num_problems} test problems x {e.samples_per_problem} samples at T={e.temperature} "
+        f"Held-out: {e.num_problems} test problems x {e.samples_per_problem} samples at T={e.sampling.temperature} "
         f"(pass@k unbiased, Chen et al. 2021); greedy = one greedy sample per problem.",
         f"Each method: {base.compare.sampled_responses} sampled training responses per seed, from the same SFT "
         f"checkpoint; mean ± sample std over {base.compare.seeds} seeds (seed {base.seed}..).",
     ]
     for name, (recipe, cfg) in methods.items():
         r = cfg.rollout
-        what = "GRPO" if recipe == "grpo" or r is None else f"DPO sync_every={r.sync_every}, reference={r.reference}"
+        what = "GRPO" if recipe == "grpo" else f"DPO sync_every={r.sync_every}, ref_sync_every={r.ref_sync_every}"
         notes.append(f"{name}: {what}, {responses_per_step(recipe, cfg)} responses per step, lr {cfg.optim.lr:g}.")
     table = format_comparison(summary, k, notes)
     (out / "compare.md").write_text(

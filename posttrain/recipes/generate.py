@@ -1,4 +1,7 @@
-"""``posttrain generate``: sample completions and write them, scored when the task can."""
+"""``posttrain generate``: sample completions and write them, scored when the task can.
+
+The engine is whichever ``engine.backend`` names (``posttrain.rollout.factory``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,14 @@ from typing import Any
 from posttrain.config import Config
 from posttrain.data.tokenize import check_length, encode_prompt
 from posttrain.errors import DataError
+from posttrain.eval.checking import TaskChecker
 from posttrain.models.io import context_length, load_model, load_tokenizer
-from posttrain.recipes.common import derive_seed, make_task, model_dir, setup
+from posttrain.recipes.common import model_dir, setup
 from posttrain.rollout.base import SamplingParams
-from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.rollout.factory import build_engine
+from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Example
+from posttrain.tasks.registry import make_task
 from posttrain.train.metrics import console
 
 
@@ -37,14 +43,25 @@ def run_generate(cfg: Config, prompts: list[str] | None = None) -> list[dict[str
     s = cfg.sampling
     for ex, p in zip(examples, ids):
         check_length(ex, len(p), s.max_new_tokens, context_length(model))
-    engine = TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
     sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, 5))
+    engine = build_engine(cfg, model, tokenizer, cfg.model.path)  # type: ignore[arg-type]
+    try:
+        completions = engine.generate(ids, sampling)
+    finally:
+        engine.close()
+    # answers are checked as evaluation checks them: under reward.timeout_s, a failure is no reward, never 0
+    gold = [i for i, ex in enumerate(examples) if ex.answer is not None]
+    checker = TaskChecker(task, cfg.reward.timeout_s, cfg.reward.workers)
+    checks = dict(zip(gold, checker.run(examples, [(i, completions[i].text) for i in gold]))) if gold else {}
     rows = []
-    for ex, c in zip(examples, engine.generate(ids, sampling)):
+    for i, (ex, c) in enumerate(zip(examples, completions)):
         row: dict[str, Any] = {"id": ex.id, "prompt": ex.prompt, "completion": c.text, "finish_reason": c.finish_reason}
-        if ex.answer is not None:
+        if i in checks:
             row["answer"] = ex.answer
-            row["reward"] = task.verify(ex, c.text)
+            check = checks[i]
+            row["reward"] = check.score if check.status == "ok" else None
+            if check.status != "ok":
+                row["check"] = f"{check.status}: {check.error}" if check.error else check.status
         rows.append(row)
     with open(out / "generations.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

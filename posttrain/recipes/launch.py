@@ -15,6 +15,7 @@ import torch
 from posttrain.config import Config
 from posttrain.errors import ConfigError
 from posttrain.recipes.common import Loader, Stage, model_dir, open_stage, setup
+from posttrain.rollout.factory import check_engine
 from posttrain.train import distributed
 from posttrain.train.checkpoint import is_sharded, latest_checkpoint
 
@@ -31,12 +32,7 @@ def open_training(cfg: Config, resume: bool, loader: Loader | None = None) -> tu
             )
         stage = open_stage(cfg, resume, loader)
         return stage, stage.model
-    if cfg.rollout is not None and cfg.rollout.backend != "torch":
-        raise ConfigError(
-            f"the {cfg.rollout.backend} engine serves one trainer process: under torchrun use rollout.backend=torch",
-            file="command line",
-            field="rollout.backend",
-        )
+    check_engine(cfg, distributed=True)  # an engine that serves one trainer process: refused before any model loads
     if distributed.is_main():
         setup(cfg)  # quiets transformers before the tiny model is built, as in one process
         model_dir(cfg)  # builds runs/<name>/base when model.path is unset

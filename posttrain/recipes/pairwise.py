@@ -1,4 +1,4 @@
-"""Wiring shared by the recipes that train on a file of preference pairs: offline DPO and the reward model.
+"""Wiring shared by the recipes that train on preference pairs: offline DPO, the reward model, online DPO.
 
 The data position is a pure function of the step (a seeded permutation per epoch,
 as in SFT), so resume from a checkpoint repeats and skips nothing. Each optimiser
@@ -22,11 +22,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from posttrain.algorithms.dpo import PairLogps, preference_loss, sequence_logprobs
+from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.types import LossOutput
-from posttrain.config import Config
+from posttrain.config import Config, DPOConfig
+from posttrain.data.order import step_rows
 from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches
+from posttrain.device import precision
 from posttrain.errors import ConfigError, DataError
-from posttrain.recipes.sft import epoch_order
 from posttrain.tasks.preferences import SHAPE, encode_pairs, load_preferences
 from posttrain.train import distributed
 from posttrain.train.checkpoint import save_checkpoint
@@ -34,6 +37,33 @@ from posttrain.train.loop import optimizer_step
 from posttrain.train.metrics import MetricsWriter, progress
 
 PairLossFn = Callable[[PairBatch], LossOutput]
+
+
+def dpo_loss_fn(
+    model: PreTrainedModel, cfg: DPOConfig, mixed_precision: str = "no", net: torch.nn.Module | None = None
+) -> PairLossFn:
+    """The preference loss of a PairBatch: one forward pass over its chosen and rejected rows.
+
+    ``net`` is what the forward goes through when it is not ``model`` itself: its DDP wrapper.
+    """
+
+    def loss_fn(mb: PairBatch) -> LossOutput:
+        mb = mb.to(model.device)
+        with precision(model.device, mixed_precision):
+            logprobs, _ = token_logprobs(model if net is None else net, mb.tokens)
+        seq, lengths = sequence_logprobs(logprobs, mb.tokens.response_mask)
+        ref = mb.ref_logps
+        p = PairLogps(
+            chosen=seq[mb.chosen],
+            rejected=seq[mb.rejected],
+            chosen_len=lengths[mb.chosen],
+            rejected_len=lengths[mb.rejected],
+            ref_chosen=None if ref is None else ref[mb.chosen],
+            ref_rejected=None if ref is None else ref[mb.rejected],
+        )
+        return preference_loss(p, mb.weights, cfg)
+
+    return loss_fn
 
 
 def load_pair_data(
@@ -81,8 +111,7 @@ def run_pair_steps(
     with progress() as bar:
         task_id = bar.add_task(stage, total=cfg.train.max_steps, completed=start, info="")
         for step in range(start, cfg.train.max_steps):
-            epoch, k = divmod(step, steps_per_epoch)
-            rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
+            epoch, rows = step_rows(len(data), bs, cfg.seed, step)
             rows = distributed.shard(rows)
             micro = pair_micro_batches(data, rows, mbs, pad, ref_logps)
             t0 = time.perf_counter()

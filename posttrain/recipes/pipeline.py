@@ -61,7 +61,7 @@ def run_pipeline(
     report = write_report(out, metrics, results, title=f"posttrain run: {base.name}")
     sft1, grpo1 = results["sft"]["pass_at_k"]["1"], results["grpo"]["pass_at_k"]["1"]
     console.print(
-        f"held-out pass@1 (T={eval_cfg.eval.temperature}): sft {sft1:.3f} -> grpo {grpo1:.3f} "
+        f"held-out pass@1 (T={eval_cfg.eval.sampling.temperature}): sft {sft1:.3f} -> grpo {grpo1:.3f} "
         f"({100 * (grpo1 - sft1):+.1f} points); report: {report}"
     )
     return results

@@ -24,12 +24,12 @@ from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config
 from posttrain.data.pairs import PairBatch
+from posttrain.device import precision
 from posttrain.models.io import save_pretrained_atomic
 from posttrain.recipes.common import open_stage
 from posttrain.recipes.pairwise import PairLossFn, heldout_metrics, load_pair_data, run_pair_steps, write_heldout
 from posttrain.rewards.scorers import load_reward_model
 from posttrain.train.checkpoint import load_trainer_state
-from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer
 from posttrain.train.metrics import MetricsWriter, console
 

@@ -18,27 +18,23 @@ import random
 import time
 from pathlib import Path
 
-import torch
-
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.sft import sft_loss
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DataConfig, TrainConfig
 from posttrain.data.batch import TokenBatch, collate, length_buckets, packed_micro_batches
+from posttrain.data.order import step_rows
 from posttrain.data.tokenize import encode_example
+from posttrain.device import precision
 from posttrain.errors import DataError
-from posttrain.recipes.common import derive_seed, make_task, train_examples_count
+from posttrain.recipes.common import train_examples_count
 from posttrain.recipes.launch import open_training
+from posttrain.seeds import derive_seed
+from posttrain.tasks.registry import make_task
 from posttrain.train import distributed
 from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
-from posttrain.train.device import precision
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    gen = torch.Generator().manual_seed(derive_seed(seed, epoch, 1))
-    return torch.randperm(n, generator=gen).tolist()
 
 
 def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[tuple[list[int], list[int]]]:
@@ -116,8 +112,7 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     with progress() as bar:
         task_id = bar.add_task("sft", total=cfg.train.max_steps, completed=start, info="")
         for step in range(start, cfg.train.max_steps):
-            epoch, k = divmod(step, steps_per_epoch)
-            rows = epoch_order(len(data), cfg.seed, epoch)[k * bs : (k + 1) * bs]
+            epoch, rows = step_rows(len(data), bs, cfg.seed, step)
             if distributed.active():
                 rows = distributed.shard(sorted(rows, key=lambda i: lengths[i]))
             if cfg.train.packing:  # the step's rows end to end instead of padded

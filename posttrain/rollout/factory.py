@@ -1,7 +1,12 @@
-"""Which engine samples: the in-process sampler, Ray workers or vLLM (``rollout.backend``).
+"""Which engine samples: the in-process sampler, Ray workers or vLLM (``engine.backend``).
 
-Ray and vLLM are optional extras: each is imported only when ``rollout.backend``
+Ray and vLLM are optional extras: each is imported only when ``engine.backend``
 asks for it, and its absence is a one-line error that says how to install it.
+
+``check_engine`` is the one place that refuses a setting the chosen engine cannot
+serve; it asks the engine's declared ``EngineCapabilities`` (``posttrain.rollout.base``),
+never a backend name. The CLI calls it right after the config loads, the launcher
+under torchrun, and ``build_engine`` before it builds anything.
 
 ``sync_engine`` is the one place that sends the trainer's weights to an engine.
 An in-process engine over the trainer's own module already sees every update, so
@@ -11,22 +16,45 @@ syncing it would only copy the weights onto themselves: it is skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from posttrain.config import Config, RolloutConfig
+from posttrain.config import Config, EngineConfig
 from posttrain.errors import ConfigError
-from posttrain.rollout.base import RolloutEngine
+from posttrain.rollout.base import ENGINES, InProcessEngine, RolloutEngine
 from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.train import distributed as dist_setup
+
+FIELD = "engine.backend"
 
 
-class Engine(RolloutEngine, Protocol):
-    def close(self) -> None:
-        """Release the engine's workers; a no-op for the in-process engine."""
-        ...
+def check_engine(cfg: Config, *, distributed: bool = False, lora: bool | None = None) -> None:
+    """Refuse, in one line naming ``engine.backend``, what ``cfg.engine.backend`` cannot do.
+
+    ``distributed``: this process is one of several trainer processes (torchrun).
+    ``lora``: the policy carries peft adapters; default: ``cfg.lora`` is set.
+    """
+    b = cfg.engine.backend
+    caps = ENGINES[b]
+    if distributed and not caps.torchrun:
+        raise ConfigError(f"the {b} engine serves one trainer process: under torchrun use {FIELD}=torch", field=FIELD)
+    if (cfg.lora is not None if lora is None else lora) and not caps.lora:
+        raise ConfigError(
+            f"the {b} engine holds a plain model and cannot take LoRA adapter weights: use {FIELD}=torch with lora",
+            field=FIELD,
+        )
+    s = cfg.sampling
+    if (s.top_p < 1 or s.top_k > 0) and not caps.truncation:
+        raise ConfigError(
+            f"the {b} engine returns logprobs after top-k/top-p truncation, which the trainer does not recompute: "
+            f"use sampling.top_p=1 and sampling.top_k=0 with {FIELD}={b}",
+            field=FIELD,
+        )
+    if caps.needs_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"the {b} backend needs a CUDA GPU; use {FIELD}=torch", field=FIELD)
 
 
 def require_ray() -> Any:
@@ -35,69 +63,70 @@ def require_ray() -> Any:
         import ray
     except ImportError as e:
         raise ConfigError(
-            "the ray backend needs Ray, which is not installed: pip install 'posttrain[ray]'", field="rollout.backend"
+            "the ray backend needs Ray, which is not installed: pip install 'posttrain[ray]'", field=FIELD
         ) from e
     return ray
 
 
-def init_ray(r: RolloutConfig) -> None:
-    """Join ``rollout.address`` or start a local Ray instance, unless this process already did."""
+def init_ray(e: EngineConfig) -> None:
+    """Join ``engine.address`` or start a local Ray instance, unless this process already did."""
     ray = require_ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=r.address, include_dashboard=False, log_to_driver=True)
-        except ConnectionError as e:
+            ray.init(address=e.address, include_dashboard=False, log_to_driver=True)
+        except ConnectionError as err:
             raise ConfigError(
-                f"cannot join the Ray cluster: {str(e).splitlines()[0]}", field="rollout.address"
+                f"cannot join the Ray cluster: {str(err).splitlines()[0]}", field="engine.address"
             ) from None
 
 
 def build_engine(
     cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: str | Path
-) -> Engine:
-    """The engine ``cfg.rollout`` asks for, holding ``model``'s current weights.
+) -> RolloutEngine:
+    """The engine ``cfg.engine`` asks for, holding ``model``'s current weights.
 
-    Ray workers load ``model_dir`` (the tokenizer and architecture) and then receive
-    ``model``'s weights, which after a resume are the checkpoint's, not the directory's.
+    Ray workers and vLLM load ``model_dir`` (the tokenizer and architecture) and then
+    receive ``model``'s weights, which after a resume are the checkpoint's, not the
+    directory's. The in-process engine samples from ``model`` itself.
     """
-    r = cfg.rollout or RolloutConfig()
-    if r.backend == "torch":
-        return TorchEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
-    if hasattr(model, "peft_config"):
-        raise ConfigError(
-            f"the {r.backend} backend cannot sync LoRA adapters yet; use rollout.backend=torch",
-            field="rollout.backend",
-        )
-    if r.backend == "vllm":
-        return _vllm_engine(cfg, r, model, tokenizer, model_dir)
-    init_ray(r)
+    e = cfg.engine
+    several = dist_setup.launched_world() > 1 or dist_setup.active()
+    check_engine(cfg, distributed=several, lora=True if _is_peft(model) else None)
+    if e.backend == "torch":
+        return TorchEngine(model, tokenizer, batch_size=e.batch_size)
+    if e.backend == "vllm":
+        return _vllm_engine(cfg, model, tokenizer, model_dir)
+    init_ray(e)
     from posttrain.rollout.ray_engine import RayEngine
 
     engine = RayEngine(
-        str(Path(model_dir).resolve()), r.workers, cfg.model.dtype, cfg.eval.batch_size, cfg.train.mixed_precision,
-        r.sync_timeout_s, r.generate_timeout_s,
+        str(Path(model_dir).resolve()), e.workers, cfg.model.dtype, e.batch_size, cfg.train.mixed_precision,
+        e.sync_timeout_s, e.generate_timeout_s,
     )  # fmt: skip
     return _first_sync(engine, model)
+
+
+def _is_peft(model: PreTrainedModel) -> bool:
+    """A peft model, whatever the config says (a library caller may wrap one itself)."""
+    return hasattr(model, "peft_config")
 
 
 def _vllm_engine(
-    cfg: Config, r: RolloutConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: str | Path
-) -> Engine:
-    """vLLM on this process's GPU, beside the trainer, holding ``model``'s current weights.
-
-    torchrun refused this backend already (``posttrain.recipes.launch``).
-    """
+    cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: str | Path
+) -> RolloutEngine:
+    """vLLM on this process's GPU, beside the trainer, holding ``model``'s current weights."""
     from posttrain.rollout.vllm_engine import VLLMEngine
 
+    e = cfg.engine
     bf16 = cfg.train.mixed_precision == "bf16" or cfg.model.dtype == "bfloat16"
     engine = VLLMEngine(
         str(Path(model_dir).resolve()), tokenizer, "bfloat16" if bf16 else cfg.model.dtype,
-        r.gpu_memory_utilization, r.enforce_eager, seed=cfg.seed,
+        e.gpu_memory_utilization, e.enforce_eager, seed=cfg.seed,
     )  # fmt: skip
     return _first_sync(engine, model)
 
 
-def _first_sync(engine: Engine, model: PreTrainedModel) -> Engine:
+def _first_sync(engine: RolloutEngine, model: PreTrainedModel) -> RolloutEngine:
     """Give a new engine ``model``'s weights; if that fails, release its workers before the error goes up."""
     try:
         engine.sync_weights(_state_for(engine, model))
@@ -122,12 +151,16 @@ def policy_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def sync_engine(engine: RolloutEngine, model: PreTrainedModel) -> None:
-    """Send ``model``'s weights to ``engine``, unless the engine generates from ``model`` itself."""
-    if getattr(engine, "model", None) is model:
+    """Send ``model``'s weights to ``engine``, unless the engine generates from ``model`` itself.
+
+    An in-process engine over another module (online DPO's generator copy) loads the
+    weights into that module.
+    """
+    if engine.capabilities.in_process and cast(InProcessEngine, engine).model is model:
         return
     engine.sync_weights(_state_for(engine, model))
 
 
 def _state_for(engine: RolloutEngine, model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The trainer's tensors for an engine on its device (vLLM), host copies for one elsewhere (Ray)."""
-    return device_state(model) if getattr(engine, "takes_device_tensors", False) else policy_state(model)
+    """The trainer's tensors for an engine that takes them on its device (vLLM), host copies otherwise."""
+    return device_state(model) if engine.capabilities.device_tensors else policy_state(model)

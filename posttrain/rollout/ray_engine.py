@@ -12,7 +12,7 @@ exactly; a seeded call is reproducible for a fixed number of workers.
 
 Weight sync puts the state dict in Ray's object store once and has every worker
 load it. Users of other frameworks report syncs that hang with no word, so every
-wait here has a limit (``rollout.sync_timeout_s``, ``rollout.generate_timeout_s``)
+wait here has a limit (``engine.sync_timeout_s``, ``engine.generate_timeout_s``)
 and ends in a one-line ``RolloutError`` naming the worker and the setting; a dead
 actor ends the same way instead of as a Ray traceback. Start-up has a fixed limit
 (``START_TIMEOUT_S``); an engine that fails to start kills the actors it started.
@@ -29,7 +29,7 @@ import ray
 import torch
 
 from posttrain.errors import RolloutError
-from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rollout.base import RAY_ENGINE, Completion, EngineCapabilities, SamplingParams
 
 START_TIMEOUT_S = 600.0  # loading a large model from a network disk can take minutes
 _NO_START = "a fixed limit: Ray found no free CPU or GPU for it, or loading the model stalled"
@@ -58,7 +58,7 @@ class RolloutWorker:
         return True
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        from posttrain.train.device import precision
+        from posttrain.device import precision
 
         with precision(self.engine.model.device, self.mixed_precision):
             return self.engine.generate(prompts, sampling)
@@ -86,6 +86,8 @@ def share_seed(seed: int | None, worker: int) -> int | None:
 class RayEngine:
     """A ``RolloutEngine`` over ``workers`` Ray actors. Needs ``ray.init`` to have run."""
 
+    capabilities: EngineCapabilities = RAY_ENGINE
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -99,7 +101,7 @@ class RayEngine:
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         if workers < 1:
-            raise RolloutError(f"need at least one rollout worker, got {workers}", field="rollout.workers")
+            raise RolloutError(f"need at least one rollout worker, got {workers}", field="engine.workers")
         self.sync_timeout_s = sync_timeout_s
         self.generate_timeout_s = generate_timeout_s
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
@@ -125,7 +127,7 @@ class RayEngine:
                 params = dataclasses.replace(sampling, seed=share_seed(sampling.seed, i))
                 calls.append((i, actor.generate.remote(share, params)))
         results = self._wait(
-            [ref for _, ref in calls], self.generate_timeout_s, "generate", "rollout.generate_timeout_s",
+            [ref for _, ref in calls], self.generate_timeout_s, "generate", "engine.generate_timeout_s",
             [i for i, _ in calls],
         )  # fmt: skip
         return [c for share in results for c in share]
@@ -134,7 +136,7 @@ class RayEngine:
         """Put the weights in the object store once; every worker loads them within ``sync_timeout_s``."""
         ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
         self._wait(
-            [a.load.remote(ref) for a in self.actors], self.sync_timeout_s, "load the weights", "rollout.sync_timeout_s"
+            [a.load.remote(ref) for a in self.actors], self.sync_timeout_s, "load the weights", "engine.sync_timeout_s"
         )
 
     def close(self) -> None:
@@ -154,19 +156,19 @@ class RayEngine:
             if ref not in done:
                 why = "raise it if the model is large" if field else _NO_START
                 raise RolloutError(
-                    f"rollout worker {w} did not {what} within {timeout_s:g} s; {why}", field=field or "rollout.workers"
+                    f"rollout worker {w} did not {what} within {timeout_s:g} s; {why}", field=field or "engine.workers"
                 )
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:
                 raise RolloutError(
-                    f"rollout worker {w} died during {what}: {_first_line(e)}", field="rollout.workers"
+                    f"rollout worker {w} died during {what}: {_first_line(e)}", field="engine.workers"
                 ) from e
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
                 raise RolloutError(
                     f"rollout worker {w} failed to {what}: {type(cause).__name__}: {_first_line(cause)}",
-                    field=field or "rollout.workers",
+                    field=field or "engine.workers",
                 ) from e
         return out
 

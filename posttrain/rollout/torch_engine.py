@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from posttrain.rollout.base import Completion, SamplingParams, stop_token_ids
+from posttrain.rollout.base import TORCH_ENGINE, Completion, EngineCapabilities, SamplingParams, stop_token_ids
 from posttrain.rollout.decoders import Decoder, HFDecoder, StaticLlamaDecoder, supports_static_decode
 
 
@@ -64,6 +64,8 @@ def _sample(
 
 class TorchEngine:
     """Generates from ``model`` in place: the trainer's own module, or a copy it syncs."""
+
+    capabilities: EngineCapabilities = TORCH_ENGINE
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256, fast: bool = True

@@ -1,4 +1,4 @@
-"""A vLLM rollout engine, colocated with the trainer on one GPU (``rollout.backend=vllm``).
+"""A vLLM rollout engine, colocated with the trainer on one GPU (``engine.backend=vllm``).
 
 vLLM is an optional extra (``pip install 'posttrain[vllm]'``) and needs a CUDA GPU;
 this module is imported only when a config asks for it.
@@ -13,8 +13,8 @@ How it keeps the rollout contract (``posttrain.rollout.base``):
   trainer's tokenizer, so both engines decode alike.
 - Logprobs are vLLM's ``processed_logprobs``: log softmax of logits / temperature, the
   distribution the trainer recomputes for the importance ratio. vLLM computes them
-  after top-k/top-p truncation, which the trainer does not, so truncation is refused
-  at load time for GRPO and online DPO with this engine (``posttrain.config``).
+  after top-k/top-p truncation, which the trainer does not, so the engine declares
+  ``truncation=False`` and ``check_engine`` refuses truncated sampling with it at load time.
 - With a seed, row i of a call gets seed + i: a call is reproducible on its own (a
   resumed run draws what the uninterrupted one drew) and repeated prompts still get
   different samples. The engine runs in bf16 (or the model's dtype), the trainer in
@@ -33,20 +33,20 @@ from transformers import GenerationConfig
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.errors import ConfigError
-from posttrain.rollout.base import Completion, SamplingParams, stop_token_ids
+from posttrain.rollout.base import VLLM_ENGINE, Completion, EngineCapabilities, SamplingParams, stop_token_ids
 
 
 def require_vllm() -> Any:
     """The ``vllm`` module, or a ConfigError naming the setting that asked for it and the fix."""
     if not torch.cuda.is_available():
-        raise ConfigError("the vllm backend needs a CUDA GPU; use rollout.backend=torch", field="rollout.backend")
+        raise ConfigError("the vllm backend needs a CUDA GPU; use engine.backend=torch", field="engine.backend")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
     try:
         import vllm
     except ImportError as e:
         raise ConfigError(
             f"the vllm backend needs vLLM, which is not installed ({e}): pip install 'posttrain[vllm]'",
-            field="rollout.backend",
+            field="engine.backend",
         ) from None
     return vllm
 
@@ -54,7 +54,7 @@ def require_vllm() -> Any:
 class VLLMEngine:
     """Samples with vLLM from ``model_dir``'s architecture and whatever weights were last synced."""
 
-    takes_device_tensors = True  # sync_engine passes the trainer's GPU tensors, not host copies
+    capabilities: EngineCapabilities = VLLM_ENGINE  # device_tensors: syncs take the trainer's GPU tensors
 
     def __init__(
         self,

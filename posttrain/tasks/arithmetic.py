@@ -23,12 +23,12 @@ number), so the chain of thought may contain any numbers it likes.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 
 from posttrain.config import ArithmeticConfig
 from posttrain.tasks.base import Example, Prompt, Split
+from posttrain.tasks.rows import in_test_split
 
 _ANSWER = re.compile(r"#\s*(-?\d+)")
 _NUMBER = re.compile(r"-?\d+")
@@ -40,11 +40,6 @@ def _apply(a: int, op: str, b: int) -> int:
     if op == "-":
         return a - b
     return a * b
-
-
-def in_test_split(expression: str, test_fraction: float) -> bool:
-    digest = hashlib.blake2b(expression.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < test_fraction
 
 
 def extract_answer(text: str) -> str | None:

@@ -1,7 +1,7 @@
 """Row shapes of common benchmarks, read into the plain ``Example`` record.
 
 ``data.format`` picks how the jsonl task reads a row (file reading, splits and
-error reporting stay in ``posttrain.tasks.jsonl``):
+error reporting are ``posttrain.tasks.rows``'s):
 
 - ``plain``: ``{prompt, answer}``, ``{prompt, completion}`` or ``{messages}``.
 - ``gsm8k``: ``{question, answer}`` where ``answer`` is the worked solution ending
@@ -29,12 +29,13 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-from posttrain.tasks.base import Prompt
-from posttrain.tasks.jsonl import _answer, _parse_row, _RowError, _string, _type_name
+from posttrain.tasks.base import Message, Prompt
+from posttrain.tasks.rows import RowError, answer_field, message_list, string_field, type_name
 from posttrain.tasks.verifiers import Verifier
 
 RowParser = Callable[[Any, Verifier], tuple[Prompt, str | None, str | None]]
 
+SHAPES = "{prompt, answer}, {prompt, completion} or {messages}"
 DEFAULT_VERIFIER = {"plain": "last_number", "gsm8k": "last_number", "math": "math_verify", "mc": "choice"}
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -46,16 +47,56 @@ def resolve_verifier(verifier: str, format: str) -> str:
     return DEFAULT_VERIFIER.get(format, "last_number") if verifier == "auto" else verifier
 
 
+def _messages(row: dict[str, Any]) -> tuple[list[Message], str]:
+    """(prompt messages, assistant reply) of a ``messages`` row."""
+    value = row["messages"]
+    if isinstance(value, list) and len(value) < 2:
+        raise RowError("messages", "expected at least one message before the assistant's reply")
+    messages = message_list(value, "messages")
+    last = messages[-1]["role"]
+    if last != "assistant":
+        where = f"messages[{len(messages) - 1}].role"
+        raise RowError(where, f"the last message must be the assistant's reply, got role {last!r}")
+    return messages[:-1], messages[-1]["content"]
+
+
+def parse_plain(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str | None]:
+    """(prompt, answer, completion) of one plain row, or a ``RowError``."""
+    if not isinstance(row, dict):
+        raise RowError(None, f"expected a JSON object, got {type_name(row)}")
+    prompt: Prompt
+    completion: str | None
+    if "messages" in row:
+        if "prompt" in row:
+            raise RowError("prompt", "a row has either 'prompt' or 'messages', not both")
+        prompt, completion = _messages(row)
+    elif "prompt" in row:
+        prompt = string_field(row, "prompt")
+        if "completion" in row:
+            completion = string_field(row, "completion")
+        elif "answer" in row:
+            completion = None
+        else:
+            raise RowError("answer", f"missing field 'answer' (expected {SHAPES})")
+    else:
+        raise RowError("prompt", f"missing field 'prompt' (expected {SHAPES})")
+    answer = answer_field(row)
+    if answer is None and completion is not None:
+        # a demonstration's own final answer, so its prompt can also be scored
+        answer = verifier.extract(completion)
+    return prompt, answer, completion
+
+
 def _object(row: Any, fields: str) -> dict[str, Any]:
     if not isinstance(row, dict):
-        raise _RowError(None, f"expected a JSON object with {fields}, got {_type_name(row)}")
+        raise RowError(None, f"expected a JSON object with {fields}, got {type_name(row)}")
     return row
 
 
 def _required(row: dict[str, Any], key: str, shape: str) -> str:
     if key not in row:
-        raise _RowError(key, f"missing field {key!r} (expected {shape})")
-    return _string(row, key)
+        raise RowError(key, f"missing field {key!r} (expected {shape})")
+    return string_field(row, key)
 
 
 def last_boxed(text: str) -> str | None:
@@ -82,10 +123,10 @@ def parse_gsm8k(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str |
     question = _required(row, "question", shape)
     solution = _required(row, "answer", shape)
     if "####" not in solution:
-        raise _RowError("answer", "no '#### <answer>' line in the GSM8K solution")
+        raise RowError("answer", "no '#### <answer>' line in the GSM8K solution")
     gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
     if not gold:
-        raise _RowError("answer", "nothing after '####' in the GSM8K solution")
+        raise RowError("answer", "nothing after '####' in the GSM8K solution")
     completion = _CALCULATOR.sub("", solution).strip()
     return question.rstrip() + "\n", gold, completion
 
@@ -94,14 +135,14 @@ def parse_math(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str | 
     shape = "{problem, solution} with a \\boxed{} answer, or an 'answer' field"
     row = _object(row, "problem and solution")
     problem = _required(row, "problem", shape)
-    solution = _string(row, "solution") if "solution" in row else None
-    gold = _answer(row)
+    solution = string_field(row, "solution") if "solution" in row else None
+    gold = answer_field(row)
     if gold is None and solution is not None:
         gold = last_boxed(solution)
         if gold is None:
-            raise _RowError("solution", "no \\boxed{...} answer in the solution (and no 'answer' field)")
+            raise RowError("solution", "no \\boxed{...} answer in the solution (and no 'answer' field)")
     if gold is None:
-        raise _RowError("answer", f"missing field 'answer' (expected {shape})")
+        raise RowError("answer", f"missing field 'answer' (expected {shape})")
     return problem.rstrip() + "\n", gold, solution
 
 
@@ -109,40 +150,40 @@ def _choices(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(letter, text) pairs of the row's options."""
     value = row.get("choices", row.get("options"))
     if value is None:
-        raise _RowError("choices", "missing field 'choices' (a list of options)")
+        raise RowError("choices", "missing field 'choices' (a list of options)")
     if isinstance(value, dict) and set(value) == {"label", "text"}:  # ARC
         labels, texts = value["label"], value["text"]
         if not (isinstance(labels, list) and isinstance(texts, list) and len(labels) == len(texts)):
-            raise _RowError("choices", "expected 'label' and 'text' lists of the same length")
+            raise RowError("choices", "expected 'label' and 'text' lists of the same length")
         pairs = list(zip(labels, texts))
     elif isinstance(value, dict):
         pairs = list(value.items())
     elif isinstance(value, list):
         if len(value) > len(_LETTERS):
-            raise _RowError("choices", f"at most {len(_LETTERS)} options, got {len(value)}")
+            raise RowError("choices", f"at most {len(_LETTERS)} options, got {len(value)}")
         pairs = list(zip(_LETTERS, value))
     else:
-        raise _RowError("choices", f"expected a list or a mapping of options, got {_type_name(value)}")
+        raise RowError("choices", f"expected a list or a mapping of options, got {type_name(value)}")
     if len(pairs) < 2:
-        raise _RowError("choices", "a multiple-choice question needs at least two options")
+        raise RowError("choices", "a multiple-choice question needs at least two options")
     for i, (label, text) in enumerate(pairs):
         if not isinstance(label, str) or not isinstance(text, str):
-            raise _RowError(f"choices[{i}]", "expected a letter and a string for each option")
+            raise RowError(f"choices[{i}]", "expected a letter and a string for each option")
     return [(str(label).strip().upper(), str(text)) for label, text in pairs]
 
 
 def _gold_letter(row: dict[str, Any], letters: list[str]) -> str:
     key = "answer" if "answer" in row else "answerKey"
     if key not in row:
-        raise _RowError("answer", "missing field 'answer' (a letter or a 0-based index)")
+        raise RowError("answer", "missing field 'answer' (a letter or a 0-based index)")
     value = row[key]
     if isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value < len(letters):
-            raise _RowError(key, f"index {value} is out of range for {len(letters)} options")
+            raise RowError(key, f"index {value} is out of range for {len(letters)} options")
         return letters[value]
     if isinstance(value, str) and value.strip().strip("()").upper() in letters:
         return value.strip().strip("()").upper()
-    raise _RowError(key, f"expected one of {', '.join(letters)} or a 0-based index, got {value!r}")
+    raise RowError(key, f"expected one of {', '.join(letters)} or a 0-based index, got {value!r}")
 
 
 def parse_mc(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str | None]:
@@ -154,7 +195,7 @@ def parse_mc(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str | No
     return "\n".join(lines), gold, None
 
 
-ROW_PARSERS: dict[str, RowParser] = {"plain": _parse_row, "gsm8k": parse_gsm8k, "math": parse_math, "mc": parse_mc}
+ROW_PARSERS: dict[str, RowParser] = {"plain": parse_plain, "gsm8k": parse_gsm8k, "math": parse_math, "mc": parse_mc}
 
 
 def row_parser(format: str) -> RowParser:

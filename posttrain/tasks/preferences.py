@@ -9,10 +9,10 @@ Two row shapes, which may be mixed within a file::
 
 A row with a message list anywhere is rendered with the tokenizer's chat template
 (a plain-text prompt then becomes one user message); a row of strings is plain
-text. Files are read and rows checked by the same helpers as the ``jsonl`` task, so
-a bad row stops the run with one line naming its file, line and field. The held-out
-split is ``data.eval_path`` when given, else the ``test`` split of a ``DatasetDict``,
-else a stable hash of each prompt (the same rule as the ``jsonl`` task).
+text. Files are read, rows checked and the held-out split chosen by the same helpers
+as the ``jsonl`` task (``posttrain.tasks.rows``), so a bad row stops the run with one
+line naming its file, line and field. The held-out split is ``data.eval_path`` when
+given, else the ``test`` split of a ``DatasetDict``, else a stable hash of each prompt.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from posttrain.data.pairs import EncodedPair
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import DataError
-from posttrain.tasks.arithmetic import in_test_split
 from posttrain.tasks.base import Example, Prompt, Split
-from posttrain.tasks.jsonl import _message_list, _prompt_text, _read, _RowError, _Rows, _string, _type_name
+from posttrain.tasks.rows import RowError, Rows, load_splits, message_list, parse_rows, string_field, type_name
 
 SHAPE = "{prompt, chosen, rejected}"
 
@@ -44,28 +43,28 @@ class PreferencePair:
 def _response(row: dict[str, Any], key: str) -> tuple[str, bool]:
     """(reply text, whether the row gave it as messages)."""
     if key not in row:
-        raise _RowError(key, f"missing field {key!r} (expected {SHAPE})")
+        raise RowError(key, f"missing field {key!r} (expected {SHAPE})")
     value = row[key]
     if isinstance(value, str):
         return value, False
     if not isinstance(value, list):
-        raise _RowError(key, f"expected a string or a list of messages, got {_type_name(value)}")
-    messages = _message_list(value, key)
+        raise RowError(key, f"expected a string or a list of messages, got {type_name(value)}")
+    messages = message_list(value, key)
     if len(messages) != 1:
-        raise _RowError(key, f"expected the assistant's reply as one message, got {len(messages)} messages")
+        raise RowError(key, f"expected the assistant's reply as one message, got {len(messages)} messages")
     if messages[0]["role"] != "assistant":
-        raise _RowError(f"{key}[0].role", f"expected role 'assistant', got {messages[0]['role']!r}")
+        raise RowError(f"{key}[0].role", f"expected role 'assistant', got {messages[0]['role']!r}")
     return messages[0]["content"], True
 
 
 def _parse_pair(row: Any) -> tuple[Prompt, str, str]:
     if not isinstance(row, dict):
-        raise _RowError(None, f"expected a JSON object, got {_type_name(row)}")
+        raise RowError(None, f"expected a JSON object, got {type_name(row)}")
     if "prompt" not in row:
-        raise _RowError("prompt", f"missing field 'prompt' (expected {SHAPE})")
-    prompt: Prompt = row["prompt"] if isinstance(row["prompt"], list) else _string(row, "prompt")
+        raise RowError("prompt", f"missing field 'prompt' (expected {SHAPE})")
+    prompt: Prompt = row["prompt"] if isinstance(row["prompt"], list) else string_field(row, "prompt")
     if isinstance(prompt, list):
-        prompt = _message_list(prompt, "prompt")
+        prompt = message_list(prompt, "prompt")
     chosen, chat_c = _response(row, "chosen")
     rejected, chat_r = _response(row, "rejected")
     if isinstance(prompt, str) and (chat_c or chat_r):
@@ -73,33 +72,18 @@ def _parse_pair(row: Any) -> tuple[Prompt, str, str]:
     return prompt, chosen, rejected
 
 
-def _pairs(rows: _Rows) -> list[PreferencePair]:
-    out = []
-    for line, row in rows.rows:
-        try:
-            prompt, chosen, rejected = _parse_pair(row)
-        except _RowError as e:
-            raise DataError(e.message, file=rows.label, line=line, field=e.field) from None
-        out.append(PreferencePair(f"{rows.id_prefix}:{line}", prompt, chosen, rejected, f"{rows.label}:{line}"))
-    return out
+def _pairs(rows: Rows) -> list[PreferencePair]:
+    return [
+        PreferencePair(f"{rows.id_prefix}:{line}", prompt, chosen, rejected, f"{rows.label}:{line}")
+        for line, (prompt, chosen, rejected) in parse_rows(rows, _parse_pair)
+    ]
 
 
 def load_preferences(
     path: str, eval_path: str | None = None, test_fraction: float = 0.1
 ) -> dict[Split, list[PreferencePair]]:
     """Every row of ``path`` checked and split into ``train`` and ``test``."""
-    data = _read(path)
-    train = _pairs(data["train"])
-    if eval_path is not None:
-        held_out = _read(eval_path)
-        return {"train": train, "test": _pairs(held_out.get("test", held_out["train"]))}
-    if "test" in data:
-        return {"train": train, "test": _pairs(data["test"])}
-    is_test = [in_test_split(_prompt_text(p.prompt), test_fraction) for p in train]
-    return {
-        "train": [p for p, t in zip(train, is_test) if not t],
-        "test": [p for p, t in zip(train, is_test) if t],
-    }
+    return load_splits(path, eval_path, test_fraction, _pairs, lambda p: p.prompt)
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, pair: PreferencePair, max_len: int | None) -> EncodedPair:

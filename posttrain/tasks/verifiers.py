@@ -2,7 +2,9 @@
 
 A verifier is two pure functions: ``extract(text)`` finds the normalised final answer
 in a completion (``None`` when there is none), and ``check(gold, text)`` scores a
-completion against a gold answer with 1.0 or 0.0. They live in ``VERIFIERS`` under
+completion against a gold answer with 1.0 or 0.0, and raises when it cannot tell
+(an internal error, a gold answer that does not parse): the caller counts that
+sample as unscored, never as a wrong answer. They live in ``VERIFIERS`` under
 the names ``data.verifier`` accepts, so a config picks one by name and adding one is
 one function pair and one dict entry.
 
@@ -13,11 +15,11 @@ one function pair and one dict entry.
 - ``choice``: the letter of a multiple-choice answer (``(B)``, ``Answer: B``,
   ``\\boxed{B}``, or a reply that is just the letter).
 
-Each verifier also has a ``judge(gold, text) -> (answer, score)`` for evaluation:
-unlike ``check``, which a reward calls and which must never raise, ``judge`` lets
-an internal failure raise, so an evaluation can count it instead of scoring 0.
-``isolate`` marks verifiers that can run for unbounded time (sympy): evaluation
-runs their judge in worker processes with a deadline (``posttrain.eval.checking``).
+Each verifier also has a ``judge(gold, text) -> (answer, score)`` for evaluation,
+which also returns the answer for majority voting; it raises where ``check`` does.
+``isolate`` marks verifiers that can run for unbounded time (sympy): training
+rewards and evaluation run them in worker processes with a deadline
+(``posttrain.rewards.isolate``), so their own signal-based timeouts stay off.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from posttrain.errors import ConfigError
 class Verifier:
     name: str
     extract: Callable[[str], str | None]  # the normalised final answer in a completion
-    check: Callable[[str, str], float]  # (gold, completion) -> 1.0 or 0.0; never raises
+    check: Callable[[str, str], float]  # (gold, completion) -> 1.0 or 0.0; raises when it cannot tell
     judge: Callable[[str, str], tuple[str | None, float]] | None = None  # (answer, score); may raise
     isolate: bool = False  # may hang: evaluate in a worker process with a deadline
 
@@ -113,7 +115,9 @@ def last_number_check(gold: str, text: str) -> float:
 # --- math_verify -----------------------------------------------------------------
 # Imported lazily: math_verify pulls in sympy, which the other verifiers never need.
 # Timeouts are off because math_verify implements them with signal.alarm, which
-# raises outside the main thread (rollout workers, data loaders).
+# raises outside the main thread (rollout workers, data loaders): the deadline pool
+# (posttrain.rewards.isolate) is the limit. Errors raise: a check that cannot tell
+# leaves its sample unscored, it does not score the answer 0.
 
 
 def _parse(text: str) -> list[Any]:
@@ -148,22 +152,12 @@ def math_verify_extract(text: str) -> str | None:
 
 
 def math_verify_check(gold: str, text: str) -> float:
-    from math_verify import verify
-
-    try:
-        gold_parsed = list(_parse_gold(gold))
-        pred_parsed = _parse(text)
-        if not gold_parsed or not pred_parsed:
-            return 0.0
-        # gold first: math_verify unwraps equations and intervals following the gold's
-        # form, so swapping the arguments changes results (gold "1" vs "2x+z=1")
-        return float(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:  # a reward must never crash a training step
-        return 0.0
+    """1.0 or 0.0 (a completion without an answer is wrong); an error or a gold that does not parse raises."""
+    return math_verify_judge(gold, text)[1]
 
 
 def math_verify_judge(gold: str, text: str) -> tuple[str | None, float]:
-    """(answer, score) like ``math_verify_check``, but failures raise instead of scoring 0.
+    """(answer, score). Failures raise instead of scoring 0.
 
     math_verify swallows its own errors unless asked (``raise_on_error``); a gold
     answer that does not parse is a data problem, not a wrong completion.
@@ -176,6 +170,8 @@ def math_verify_judge(gold: str, text: str) -> tuple[str | None, float]:
     pred = list(parse(text, parsing_timeout=None, raise_on_error=True))  # type: ignore[arg-type]
     if not pred:
         return None, 0.0
+    # gold first: math_verify unwraps equations and intervals following the gold's
+    # form, so swapping the arguments changes results (gold "1" vs "2x+z=1")
     return str(pred[0]), float(verify(gold_parsed, pred, timeout_seconds=None, raise_on_error=True))
 
 

@@ -34,8 +34,8 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from posttrain.config import DistConfig
+from posttrain.device import resolve_device
 from posttrain.errors import ConfigError
-from posttrain.train.device import resolve_device
 
 T = TypeVar("T")
 
@@ -153,16 +153,6 @@ def shard(rows: Sequence[T]) -> list[T]:
 def barrier() -> None:
     if active():
         dist.barrier()
-
-
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. building the tiny base model); the others after it."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
 
 
 def _reduce_device() -> torch.device:

@@ -36,8 +36,8 @@ GRPO = [
     "grpo.kl_coef=0.05", "grpo.minibatches=2", "grpo.updates_per_batch=2",
 ]  # fmt: skip
 ONLINE_DPO = [
-    "train.max_steps=4", "optim.lr=3e-3", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-    "rollout.sync_every=2", "rollout.pairs=best_worst", "rollout.scorer=reward_model",
+    "train.max_steps=4", "optim.lr=3e-3", "dpo.mode=online", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+    "rollout.sync_every=2", "dpo.pairs=best_worst",
 ]  # fmt: skip
 
 
@@ -95,7 +95,7 @@ def run_dpo_online(tmp: Path) -> list[dict[str, Any]]:
          "train.max_steps=2", "optim.lr=2e-3")  # fmt: skip
     rm = tmp / "rm" / "final"
     _cli("dpo", *FAST, f"model.path={tiny}", f"output_dir={tmp / 'out'}", *ONLINE_DPO,
-         f"rollout.reward_model_path={rm}")  # fmt: skip
+         f"reward.components=[{{kind: reward_model, path: {rm}}}]")  # fmt: skip
     return _metrics(tmp / "out")
 
 

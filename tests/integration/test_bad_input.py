@@ -71,6 +71,6 @@ def test_model_dir_that_is_not_a_causal_lm(tmp_path: Path, capsys: pytest.Captur
 
 def test_vllm_backend_without_a_gpu_or_vllm(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """CI has neither: the run stops at the engine's construction with the fix, not a traceback."""
-    err = run_err(capsys, ["grpo", *FAST, f"model.path={tiny_dir}", "rollout.backend=vllm",
+    err = run_err(capsys, ["grpo", *FAST, f"model.path={tiny_dir}", "engine.backend=vllm",
                            f"output_dir={tmp_path / 'o'}"])  # fmt: skip
-    assert err.startswith("posttrain: error: rollout.backend: the vllm backend needs ")
+    assert err.startswith("posttrain: error: engine.backend: the vllm backend needs ")

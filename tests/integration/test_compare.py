@@ -25,6 +25,7 @@ compare:
     grpo: {recipe: grpo}
 stages:
   dpo:
+    dpo: {mode: online}
     rollout: {prompts_per_step: 4, samples_per_prompt: 4}
   grpo:
     grpo: {drop_uniform_groups: false}
@@ -67,7 +68,7 @@ def test_compare_checks_methods_before_training(tmp_path: Path) -> None:
     path.write_text(RECIPE)
     with pytest.raises(ConfigError, match="multiple of 32"):
         compare.method_configs(path, ["compare.sampled_responses=48"])
-    with pytest.raises(ConfigError, match="rollout section"):
+    with pytest.raises(ConfigError, match="set dpo.mode: online"):
         compare.method_configs(path, ["compare.methods={x: {recipe: dpo}}", "stages.dpo={}"])
     bad = RECIPE.replace("{recipe: grpo}", "{recipe: ppo}")
     path.write_text(bad)

@@ -12,11 +12,11 @@ import pytest
 import posttrain.eval.checking as checking
 from posttrain.cli import main
 from posttrain.config import load_config
+from posttrain.eval.sampling import evaluate_model
 from posttrain.models.io import load_model, load_tokenizer
 from posttrain.models.tiny import build_tiny
-from posttrain.recipes.common import make_task
-from posttrain.recipes.evaluate import evaluate_model
 from posttrain.rollout.torch_engine import TorchEngine
+from posttrain.tasks.registry import make_task
 from tests.conftest import FAST, TINY
 from tests.worker_checks import hang_on_gold
 
@@ -41,8 +41,8 @@ def test_cache_hits_are_identical_and_a_larger_n_draws_only_new_chunks(
     calls = count_generate_calls(monkeypatch)
 
     def run(n: int, cache: str) -> dict[str, Any]:
-        ecfg = dataclasses.replace(cfg.eval, samples_per_problem=n)
-        return evaluate_model(model, tok, task, ecfg, 0, str(tiny_dir), tmp_path / cache)
+        run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, samples_per_problem=n))
+        return evaluate_model(model, tok, task, run_cfg, str(tiny_dir), tmp_path / cache)
 
     first = run(4, "c")
     assert calls == [16, 16, 8]  # two chunks of 8 problems x 2 samples, then greedy
@@ -55,7 +55,7 @@ def test_cache_hits_are_identical_and_a_larger_n_draws_only_new_chunks(
     # a different model is a different entry, however it is named
     other = build_tiny(TINY, tmp_path / "other", seed=1)
     other_result = evaluate_model(
-        load_model(other), load_tokenizer(other), task, cfg.eval, 0, str(other), tmp_path / "c"
+        load_model(other), load_tokenizer(other), task, cfg, str(other), tmp_path / "c"
     )
     assert other_result["model_hash"] != first["model_hash"]
 
@@ -73,7 +73,7 @@ def test_a_hanging_check_leaves_its_problem_unscored_and_counted(
     monkeypatch.setattr(checking, "judge", hang_on_gold)  # sent to the workers by reference
     out = tmp_path / "e"
     args = [*FAST, f"model.path={tiny_dir}", "data.task=jsonl", f"data.path={data}", f"data.eval_path={data}",
-            "data.verifier=math_verify", "eval.check_timeout_s=0.5", "eval.chunk_size=2", f"output_dir={out}"]  # fmt: skip
+            "data.verifier=math_verify", "reward.timeout_s=0.5", "eval.chunk_size=2", f"output_dir={out}"]  # fmt: skip
     assert main(["eval", *args]) == 0
     r = json.loads((out / "eval.json").read_text())["model"]
     assert r["num_problems"] == 3 and r["num_scored_problems"] == 2

@@ -119,7 +119,8 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     overrides = [*FAST, f"output_dir={out}", "stages.sft.train.max_steps=6", "stages.grpo.train.max_steps=2"]
-    assert main(["run", "--config", str(Path(__file__).parents[2] / "recipes" / "quickstart.yaml"), *overrides]) == 0
+    # the packaged quickstart, by name
+    assert main(["run", "--config", "quickstart", *overrides]) == 0
     results = json.loads((out / "eval.json").read_text())
     assert set(results) == {"sft", "grpo"}
     for r in results.values():
@@ -137,12 +138,7 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
     # each stage wrote a loadable Hugging Face directory
     AutoModelForCausalLM.from_pretrained(out / "grpo" / "final")
     # resume of a finished run skips the training stages and reproduces the evaluation
-    assert (
-        main(
-            ["run", "--config", str(Path(__file__).parents[2] / "recipes" / "quickstart.yaml"), "--resume", *overrides]
-        )
-        == 0
-    )
+    assert main(["run", "--config", "quickstart", "--resume", *overrides]) == 0
     assert json.loads((out / "eval.json").read_text()) == results
 
 

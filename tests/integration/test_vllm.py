@@ -108,7 +108,7 @@ def test_grpo_with_the_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
     """Two GRPO iterations in a fresh process (one vLLM engine per process): on-policy ratio, logged gap."""
     out = tmp_path / "grpo"
     args = [*FAST, f"model.path={model_dir}", "model.device=cuda", "train.mixed_precision=bf16",
-            "rollout.backend=vllm", "rollout.enforce_eager=true", "rollout.gpu_memory_utilization=0.15",
+            "engine.backend=vllm", "engine.enforce_eager=true", "engine.gpu_memory_utilization=0.15",
             "train.max_steps=2", "grpo.drop_uniform_groups=false", "grpo.overlong=penalty",
             "grpo.overlong_reward=-1.0", "optim.lr=1e-3", f"output_dir={out}"]  # fmt: skip
     repo = str(Path(__file__).resolve().parents[2])

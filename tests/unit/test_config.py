@@ -24,10 +24,10 @@ def test_defaults_without_file() -> None:
 
 def test_yaml_overlay_and_dotted_override(tmp_path: Path) -> None:
     path = write(tmp_path, "name: x\noptim:\n  lr: 3e-4\ntrain: {max_steps: 7}\n")
-    cfg = load_config(path, ["train.max_steps=9", "grpo.std_normalize=false"])
+    cfg = load_config(path, ["train.max_steps=9", "grpo.advantage=dr_grpo"])
     assert cfg.optim.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string; we accept it
     assert cfg.train.max_steps == 9  # the command line wins over the file
-    assert cfg.grpo.std_normalize is False
+    assert cfg.grpo.advantage == "dr_grpo"
     assert str(cfg.out) == "runs/x"
 
 
@@ -70,7 +70,7 @@ def test_wrong_type_and_choice(tmp_path: Path) -> None:
 
 
 def test_cross_field_validation() -> None:
-    with pytest.raises(ConfigError, match=r"grpo\.minibatches: must divide grpo\.prompts_per_step \(16\)"):
+    with pytest.raises(ConfigError, match=r"grpo\.minibatches: must divide rollout\.prompts_per_step \(16\)"):
         load_config(None, ["grpo.minibatches=3"])
     with pytest.raises(ConfigError, match=r"data\.path: the jsonl task needs data\.path"):
         load_config(None, ["data.task=jsonl"])
@@ -83,10 +83,11 @@ def test_invalid_yaml_reports_line(tmp_path: Path) -> None:
 
 
 def test_quickstart_recipe_loads() -> None:
-    root = Path(__file__).resolve().parents[2]
-    cfg = load_config(root / "recipes" / "quickstart.yaml", stage="grpo")
+    from posttrain import experiments
+
+    cfg = load_config(experiments.path("quickstart"), stage="grpo")
     assert cfg.name == "quickstart"
-    assert cfg.grpo.samples_per_prompt >= 2
+    assert cfg.rollout.samples_per_prompt >= 2
 
 
 def test_yaml_booleans_read_as_the_word_a_choice_expects(tmp_path) -> None:
@@ -100,16 +101,58 @@ def test_yaml_booleans_read_as_the_word_a_choice_expects(tmp_path) -> None:
 
 
 def test_combinations_that_cannot_work_fail_at_load() -> None:
-    with pytest.raises(ConfigError, match="rollout.backend"):
-        load_config(None, ["lora.r=4", "rollout.backend=ray"])
-    with pytest.raises(ConfigError, match="rollout.backend: the vllm engine .* LoRA"):
-        load_config(None, ["lora.r=4", "rollout.backend=vllm"])
     with pytest.raises(ConfigError, match="lora.quantize"):
         load_config(None, ["lora.quantize=4bit", "dist.strategy=fsdp"])
-    # vLLM's logprobs come after truncation; the trainer's importance ratio would be off
-    with pytest.raises(ConfigError, match="rollout.backend: vLLM returns logprobs after top-k/top-p"):
-        load_config(None, ["rollout.backend=vllm", "sampling.top_p=0.9"])
-    assert load_config(None, ["rollout.backend=vllm"]).rollout.backend == "vllm"  # type: ignore[union-attr]
-    assert load_config(None, ["rollout.backend=ray", "sampling.top_p=0.9"]).sampling.top_p == 0.9
-    with pytest.raises(ConfigError, match="rollout.gpu_memory_utilization: must be in"):
-        load_config(None, ["rollout.gpu_memory_utilization=1.5"])
+    with pytest.raises(ConfigError, match="engine.gpu_memory_utilization: must be in"):
+        load_config(None, ["engine.gpu_memory_utilization=1.5"])
+    with pytest.raises(ConfigError, match="grpo.kl_estimator: a KL in the reward is the k1 estimate"):
+        load_config(None, ["grpo.kl_in=reward"])
+    assert load_config(None, ["grpo.kl_in=reward", "grpo.kl_estimator=k1"]).grpo.kl_in == "reward"
+    assert load_config(None, ["grpo.kl_estimator=k2"]).grpo.kl_estimator == "k2"  # every estimator is reachable
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("grpo.prompts_per_step=8", "use rollout.prompts_per_step"),
+        ("grpo.samples_per_prompt=4", "use rollout.samples_per_prompt"),
+        ("grpo.std_normalize=false", "use grpo.advantage"),
+        ("grpo.reward=reward_model", "use reward.components"),
+        ("grpo.reward_model_path=x", "use reward.components"),
+        ("rollout.scorer=reward_model", "use reward.components"),
+        ("rollout.pairs=group", "use dpo.pairs"),
+        ("rollout.reference=synced", "use rollout.ref_sync_every"),
+        ("rollout.backend=ray", "use engine.backend"),
+        ("rollout.workers=3", "use engine.workers"),
+        ("rollout.reward_timeout_s=3", "use reward.timeout_s"),
+        ("rollout.reward_workers=3", "use reward.workers"),
+        ("rollout.gpu_memory_utilization=0.5", "use engine.gpu_memory_utilization"),
+        ("eval.temperature=0.5", "use eval.sampling.temperature"),
+        ("eval.top_p=0.5", "use eval.sampling.top_p"),
+        ("eval.max_new_tokens=8", "use eval.sampling.max_new_tokens"),
+        ("eval.batch_size=8", "use engine.batch_size"),
+        ("eval.check_timeout_s=3", "use reward.timeout_s"),
+        ("eval.check_workers=3", "use reward.workers"),
+        ("train.log_every=3", "remove the key"),
+    ],
+)
+def test_every_old_key_fails_with_one_line_naming_its_new_key(old: str, new: str) -> None:
+    key = old.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [old])
+    message = str(err.value)
+    assert message.startswith(f"command line: {key}: '{key.split('.')[-1]}' was renamed: ") and new in message
+    assert "\n" not in message
+
+
+def test_an_old_key_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "stages:\n  grpo:\n    grpo: {prompts_per_step: 8}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: grpo\.prompts_per_step: .*use rollout\.prompts_per_step"):
+        load_config(path)
+
+
+def test_a_rollout_section_no_longer_turns_dpo_online() -> None:
+    """The old trap: any rollout key made `posttrain dpo` online and it never read data.path."""
+    cfg = load_config(None, ["rollout.sync_every=2", "data.path=prefs.jsonl"])
+    assert cfg.dpo.mode == "offline"
+    assert load_config(None, ["dpo.mode=online"]).dpo.mode == "online"

@@ -13,7 +13,8 @@ from posttrain.algorithms.dpo import LOSSES, REFERENCE_FREE, PairLogps, preferen
 from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.config import DPOConfig
 from posttrain.data.pairs import collate_pairs
-from posttrain.recipes.dpo import dpo_loss_fn, sequence_logps
+from posttrain.recipes.pairwise import dpo_loss_fn
+from posttrain.train.reference import sequence_logps
 
 LN2 = math.log(2.0)
 

@@ -137,10 +137,11 @@ def test_math_verify_table(gold: str, text: str, equivalent: bool) -> None:
     assert VERIFIERS["math_verify"].check(gold, text) == float(equivalent)  # the reward agrees
 
 
-def test_math_verify_judge_raises_where_check_scores_zero() -> None:
+def test_math_verify_judge_and_check_raise_on_a_gold_that_does_not_parse() -> None:
     with pytest.raises(ValueError, match="does not parse"):
         math_verify_judge("", "$\\boxed{1}$")
-    assert VERIFIERS["math_verify"].check("", "$\\boxed{1}$") == 0.0
+    with pytest.raises(ValueError, match="does not parse"):  # unscored, never a 0
+        VERIFIERS["math_verify"].check("", "$\\boxed{1}$")
     assert math_verify_judge("1", "no maths here") == (None, 0.0)  # no answer is a wrong answer, not an error
 
 

@@ -46,7 +46,7 @@ def test_a_filter_that_keeps_nothing_is_an_error() -> None:
         ("data.max_demo_tokens=-1", r"data\.max_demo_tokens: must be >= 0"),
         ("train.epochs=-1", r"train\.epochs: must be >= 0"),
         ("eval.chunk_size=0", r"eval\.chunk_size: must be > 0"),
-        ("eval.check_timeout_s=0", r"eval\.check_timeout_s: must be > 0"),
+        ("reward.timeout_s=0", r"reward\.timeout_s: must be > 0"),
         ("predict.large_k=64", r"predict\.large_k: must be <= eval\.samples_per_problem \(16\)"),
         ("data.format=gsm9k", r"data\.format: 'gsm9k' is not one of .*did you mean 'gsm8k'\?"),
     ],
@@ -62,16 +62,15 @@ def test_min_above_max_is_rejected() -> None:
 
 
 def test_predict_rl_recipe_loads() -> None:
-    from pathlib import Path
+    from posttrain import experiments
 
-    root = Path(__file__).resolve().parents[2]
-    cfg = load_config(root / "recipes" / "predict-rl.yaml")
+    cfg = load_config(experiments.path("predict-rl"))
     assert len(cfg.predict.variants) >= 6
     assert cfg.predict.large_k <= cfg.eval.samples_per_problem
 
 
 def test_budget_groups_for_the_equal_budget_analysis() -> None:
-    from posttrain.recipes.predict_rl import budget_groups
+    from posttrain.eval.predict_rl import budget_groups
 
     steps = {"a": 125, "b": 250, "c": 248, "d": 500, "e": 250, "f": 260, "g": 263}
     # within 5% of the smallest in the group (248 * 1.05 = 260.4)

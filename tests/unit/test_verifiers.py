@@ -104,8 +104,7 @@ def test_last_number_extract(text: str, expected: str | None) -> None:
         ("2\\sqrt{2}", "$\\boxed{2}$", 0.0),  # bare LaTeX gold is read whole, not as "2"
         ("\\dfrac{3}{4}", "$0.75$", 1.0),
         ("\\{1,2\\}", "$\\{2, 1\\}$", 1.0),
-        ("12", "I have no idea", 0.0),
-        ("", "42", 0.0),
+        ("12", "I have no idea", 0.0),  # no answer: simply wrong
     ],
 )
 def test_math_verify_check(gold: str, text: str, expected: float) -> None:
@@ -134,14 +133,20 @@ def test_math_verify_extract() -> None:
     assert extract("no maths at all") is None
 
 
-def test_math_verify_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_math_verify_raises_instead_of_scoring_a_failure_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An internal error or a gold answer that does not parse is unscored (the pool counts it), never 0."""
     import math_verify
+
+    check = VERIFIERS["math_verify"].check
+    with pytest.raises(ValueError, match="does not parse as mathematics"):
+        check("", "42")
 
     def broken(*args: object, **kwargs: object) -> bool:
         raise RuntimeError("sympy blew up")
 
     monkeypatch.setattr(math_verify, "verify", broken)
-    assert VERIFIERS["math_verify"].check("1", "1") == 0.0
+    with pytest.raises(RuntimeError, match="sympy blew up"):
+        check("1", "1")
 
 
 def test_math_verify_works_outside_the_main_thread() -> None:

@@ -1,0 +1,315 @@
+"""The RL outer loop shared by GRPO and online DPO: draw prompts, sample, score, step, sync.
+
+One iteration (``train.max_steps`` of them):
+
+1. draw ``rollout.prompts_per_step`` training prompts, a pure function of the seed and
+   the iteration (resume needs no data-loader state); under torchrun each rank takes
+   every world-th one and samples with its own seed;
+2. the sampler draws ``rollout.samples_per_prompt`` completions of each and the
+   reward scores them (``posttrain.rollout.groups``): one ``ScoredGroups`` record;
+3. the algorithm's step turns that record into optimiser steps and metrics records
+   (``posttrain.recipes.grpo.GRPOStep``, ``posttrain.recipes.online_dpo.DPOStep``);
+4. the sampler takes the trainer's weights before every ``rollout.sync_every``-th
+   iteration (1: on-policy; s > 1: semi-online, "Bridging Offline and Online RL for
+   LLMs", Lanchantin et al. 2025; 0: never), and the reference before every
+   ``rollout.ref_sync_every``-th (0: the initial policy throughout).
+
+Who holds the sampler's weights: an in-process engine samples from the policy itself
+when it syncs every iteration (no copy, no sync), and from a copy of the policy
+otherwise; an engine with its own copy (Ray, vLLM) receives the weights at each sync.
+Every record a step writes carries the ``policy_version`` that sampled its batch.
+
+A checkpoint records the iteration each follower (sampler, reference) last synced at,
+and its weights when they are neither the initial model's nor about to be replaced, so
+resume continues with exactly the sampler and reference the uninterrupted run had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from posttrain.config import Config
+from posttrain.data.tokenize import check_length, encode_prompt
+from posttrain.device import precision
+from posttrain.models.io import context_length, load_model
+from posttrain.models.lora import is_lora, zero_adapters
+from posttrain.recipes.launch import open_training
+from posttrain.records import SamplingParams, ScoredGroups, ScoreReport
+from posttrain.rewards.registry import build_reward
+from posttrain.rollout.base import ENGINES
+from posttrain.rollout.factory import build_engine, init_ray, sync_engine
+from posttrain.rollout.groups import sample_groups
+from posttrain.seeds import derive_seed
+from posttrain.tasks.base import Task
+from posttrain.tasks.registry import make_task
+from posttrain.train import distributed
+from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
+from posttrain.train.loop import build_optimizer
+from posttrain.train.metrics import MetricsWriter, console, progress
+from posttrain.train.reference import reference_model
+
+
+@dataclass
+class Run:
+    """What a step function trains with: the policy, its optimiser, the reference, the log."""
+
+    cfg: Config
+    model: PreTrainedModel  # the policy
+    net: torch.nn.Module  # what training forwards go through: ``model``, or its DDP wrapper
+    tokenizer: PreTrainedTokenizerBase
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    writer: MetricsWriter
+    reference: torch.nn.Module | None  # DPO's reference, GRPO's KL target; None when not needed
+
+
+class Step(Protocol):
+    """An RL algorithm on the shared loop: one iteration's scored groups -> updates and records."""
+
+    stage: str  # the metrics' "stage" and the progress bar's name
+    writer_key: str  # the metrics field a resume cuts metrics.jsonl back by
+    doom_groups: bool  # one failed sample leaves its whole group out (GRPO), or only itself (DPO)
+    needs_reference: bool
+
+    def optimizer_steps(self, cfg: Config) -> int:
+        """Optimiser steps per iteration, for the learning-rate schedule."""
+        ...
+
+    def __call__(self, run: Run, it: int, groups: ScoredGroups, rollout: dict[str, Any]) -> dict[str, Any]:
+        """Update on ``groups``, write the iteration's records, return the last one."""
+        ...
+
+
+def should_sync(it: int, every: int) -> bool:
+    """Does a follower synced every ``every`` iterations take the trainer's weights before iteration ``it``?"""
+    return every > 0 and it > 0 and it % every == 0
+
+
+def last_sync(it: int, every: int) -> int:
+    """The iteration whose starting weights a follower synced every ``every`` iterations holds at ``it``."""
+    return 0 if every == 0 else (it // every) * every
+
+
+class Follower:
+    """A frozen copy of the policy that takes the trainer's weights every ``every`` iterations.
+
+    ``key`` names it in checkpoints (``<key>_step``, ``<key>``); the sampler's key,
+    ``generator``, is the one checkpoints of earlier releases used.
+    """
+
+    def __init__(self, key: str, every: int, model: PreTrainedModel, initial: Callable[[], dict[str, torch.Tensor]]):
+        self.key, self.every = key, every
+        self.module = copy.deepcopy(model).eval()
+        self.module.requires_grad_(False)
+        self._initial = initial
+
+    def restore(self, extra: dict[str, Any], resumed: bool) -> None:
+        """Fresh: the policy's weights (the initial ones). Resumed: the checkpoint's record of them."""
+        if self.key in extra:
+            self.module.load_state_dict(extra[self.key])
+        elif resumed and extra.get(f"{self.key}_step", 0) == 0:
+            self.module.load_state_dict(self._initial(), strict=False)
+        # else: synced at the checkpoint's iteration, or about to be synced: the policy's weights
+
+    def sync(self, it: int, model: PreTrainedModel) -> bool:
+        if not should_sync(it, self.every):
+            return False
+        self.module.load_state_dict(model.state_dict(), strict=False)
+        return True
+
+    def checkpoint(self, next_it: int) -> dict[str, Any]:
+        synced_at = last_sync(next_it - 1, self.every)
+        extra: dict[str, Any] = {f"{self.key}_step": synced_at}
+        if synced_at > 0 and not should_sync(next_it, self.every):
+            extra[self.key] = self.module.state_dict()
+        return extra
+
+
+def initial_weights(cfg: Config, model: PreTrainedModel) -> Callable[[], dict[str, torch.Tensor]]:
+    """The initial policy's weights, loaded only when a resumed follower needs them."""
+
+    def load() -> dict[str, torch.Tensor]:
+        if is_lora(model):  # lora_B = 0 computes the base: the initial policy
+            view = copy.deepcopy(model)
+            zero_adapters(view)
+            return view.state_dict()
+        assert cfg.model.path is not None
+        return load_model(cfg.model.path, cfg.model.dtype, "cpu").state_dict()
+
+    return load
+
+
+def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
+    """Train with ``step`` on the shared loop; write ``output_dir/{metrics.jsonl, checkpoints/, final/}``."""
+    (cfg, out, ckpt, tokenizer, model, _), net = open_training(cfg, resume)
+    r = cfg.rollout
+    distributed.check_divisible(r.prompts_per_step, "rollout.prompts_per_step")
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps * step.optimizer_steps(cfg))
+    state = load_trainer_state(ckpt, optimizer, scheduler, model) if ckpt else {"step": 0}
+    start: int = state["step"]
+    extra: dict[str, Any] = dict(state.get("extra", {}))  # type: ignore[arg-type]
+    task = make_task(cfg.data)
+    last: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:  # the engine and the scorer are closed also when the run fails
+        sampler, engine, reference, followers = _open_followers(cfg, step, model, tokenizer, stack, extra, ckpt)
+        scorer = _open_scorer(cfg, task, stack)
+        writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key=step.writer_key)
+        run = Run(cfg, model, net, tokenizer, optimizer, scheduler, writer, reference)
+        with progress() as bar:
+            bar_id = bar.add_task(step.stage, total=cfg.train.max_steps, completed=start, info="")
+            for it in range(start, cfg.train.max_steps):
+                for f in followers:
+                    f.sync(it, model)
+                if sampler is None and should_sync(it, r.sync_every):
+                    sync_engine(engine, model)  # the engine holds its own copy (Ray, vLLM)
+                groups = draw_and_sample(cfg, it, run, task, engine, scorer, step.doom_groups)
+                last = step(run, it, groups, rollout_metrics(groups, step.stage, it))
+                bar.update(bar_id, advance=1, info=_progress_info(last))
+                if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
+                    kept = {k: v for f in followers for k, v in f.checkpoint(it + 1).items()}
+                    save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler, kept)
+        writer.close()
+    final = save_final(model, tokenizer, out / "final")
+    if last:
+        console.print(
+            f"{step.stage}: {cfg.train.max_steps} iterations (sync_every={r.sync_every}), "
+            f"last reward {last['reward']:.3f} -> {final}"
+        )
+    return final
+
+
+def _open_followers(
+    cfg: Config,
+    step: Step,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    stack: contextlib.ExitStack,
+    extra: dict[str, Any],
+    ckpt: Path | None,
+) -> tuple[Follower | None, Any, torch.nn.Module | None, list[Follower]]:
+    """The sampler's copy (None: the policy itself or the engine's own), the engine, the reference, the followers."""
+    r = cfg.rollout
+    initial = initial_weights(cfg, model)
+    in_process = ENGINES[cfg.engine.backend].in_process
+    sampler = None
+    if in_process and r.sync_every != 1:
+        sampler = Follower("generator", r.sync_every, model, initial)
+        sampler.restore(extra, ckpt is not None)
+    followers = [sampler] if sampler is not None else []
+    reference: torch.nn.Module | None = None
+    if step.needs_reference and r.ref_sync_every == 0:
+        reference = reference_model(cfg, model)  # with LoRA: the policy, adapters off
+    elif step.needs_reference and sampler is not None and r.ref_sync_every == r.sync_every:
+        reference = sampler.module  # the reference follows the sampler: one copy serves both
+    elif step.needs_reference:
+        ref = Follower("reference", r.ref_sync_every, model, initial)
+        ref.restore(extra, ckpt is not None)
+        followers.append(ref)
+        reference = ref.module
+    assert cfg.model.path is not None  # open_stage resolved it
+    engine = build_engine(cfg, sampler.module if sampler else model, tokenizer, cfg.model.path)
+    stack.callback(engine.close)
+    if sampler is None and not in_process and ckpt is not None and r.sync_every != 1:
+        _restore_engine(engine, extra, initial, r.sync_every)
+    return sampler, engine, reference, followers
+
+
+def _restore_engine(
+    engine: Any, extra: dict[str, Any], initial: Callable[[], dict[str, torch.Tensor]], every: int
+) -> None:
+    """A resumed engine that holds its own weights gets the ones it sampled with before the interruption."""
+    if "generator" in extra:
+        engine.sync_weights(extra["generator"])
+    elif extra.get("generator_step", 0) == 0 and every == 0:
+        engine.sync_weights(initial())
+
+
+def _open_scorer(cfg: Config, task: Task, stack: contextlib.ExitStack) -> Any:
+    """The ``reward`` section as one scorer; its deadline pool on Ray actors with ``engine.backend=ray``."""
+    ray = cfg.engine.backend == "ray"
+    if ray:
+        init_ray(cfg.engine)
+    scorer = build_reward(
+        cfg.reward, task, dtype=cfg.model.dtype, device=cfg.model.device, backend="ray" if ray else "local"
+    )
+    stack.callback(scorer.close)
+    return scorer
+
+
+def draw_and_sample(
+    cfg: Config, it: int, run: Run, task: Task, engine: Any, scorer: Any, doom_groups: bool
+) -> ScoredGroups:
+    """This rank's share of iteration ``it``'s prompts, sampled and scored."""
+    r, s = cfg.rollout, cfg.sampling
+    examples = distributed.shard(task.examples("train", r.prompts_per_step, derive_seed(cfg.seed, it, 2)))
+    prompts = [encode_prompt(run.tokenizer, task.prompt(ex)) for ex in examples]
+    ctx = context_length(run.model)
+    for ex, p in zip(examples, prompts):
+        check_length(ex, len(p), s.max_new_tokens, ctx)
+    seed = derive_seed(cfg.seed, it, 3) + distributed.rank()  # each rank its own samples
+    sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=seed)
+    with precision(run.model.device, cfg.train.mixed_precision), distributed.full_weights(run.model):
+        groups = sample_groups(
+            engine, scorer, examples, prompts, group_size=r.samples_per_prompt, sampling=sampling,
+            policy_version=last_sync(it, r.sync_every), doom_groups=doom_groups,
+        )  # fmt: skip
+    report = groups.report or ScoreReport([])
+    if report.messages:
+        console.print(
+            f"{'grpo iteration' if doom_groups else 'dpo step'} {it + 1}: {report.errors} reward errors, "
+            f"{report.timeouts} timeouts; left out of the update. First: {report.messages[0]}",
+            markup=False,
+        )
+    return groups
+
+
+def rollout_metrics(groups: ScoredGroups, stage: str, it: int) -> dict[str, Any]:
+    """The iteration's sampling numbers, over every rank's samples under torchrun."""
+    scored = groups.scores[groups.scored]
+    report = groups.report or ScoreReport([])
+    values = [float(v) for v in scored.double().tolist()]
+    n_local = len(values)
+    n, s1, s2, samples, tokens, trunc, errors, timeouts = distributed.all_sum(
+        [n_local, sum(values), sum(v * v for v in values), len(groups.completions), groups.gen_tokens,
+         float(groups.truncated.sum()), report.errors, report.timeouts]
+    )  # fmt: skip
+    seconds = distributed.all_max(groups.gen_seconds)
+    totals = report.component_totals()
+    names = sorted(totals)
+    summed = distributed.all_sum([x for k in names for x in totals[k]] + [report.missing, report.unscored])
+    components = {f"reward/{k}": summed[2 * i] / summed[2 * i + 1] if summed[2 * i + 1] else math.nan
+                  for i, k in enumerate(names)}  # fmt: skip
+    if distributed.active():
+        std = math.sqrt(max(0.0, (s2 - s1 * s1 / n) / (n - 1))) if n > 1 else math.nan
+    else:  # one process: the float32 std of the scores, as logged before the shared loop
+        std = float(scored.std()) if n_local > 1 else math.nan
+    return {
+        "stage": stage,
+        "policy_version": groups.policy_version,
+        "reward": s1 / n if n else math.nan,
+        "reward_std": std,
+        "reward_errors": int(errors),
+        "reward_timeouts": int(timeouts),
+        "reward_missing": int(summed[-2]),
+        "unscored": int(summed[-1]),
+        **components,
+        "truncated_frac": trunc / samples,
+        "completion_len": tokens / samples,
+        "gen_tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
+        "gen_seconds": seconds,
+    }
+
+
+def _progress_info(record: dict[str, Any]) -> str:
+    info = f"reward {record['reward']:.3f}"
+    return info + (f", pairs {record['pairs']}" if "pairs" in record else "")
