@@ -26,7 +26,6 @@ from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DistConfig, OptimConfig, load_config
 from posttrain.data.batch import TokenBatch, collate
 from posttrain.models.io import load_model, load_tokenizer
-from posttrain.rewards.scorers import REWARDS
 from posttrain.train import distributed
 from posttrain.train.checkpoint import save_final
 from posttrain.train.loop import build_optimizer, optimizer_step
@@ -39,6 +38,9 @@ SFT = ("train.max_steps=4", "train.save_every=2", "optim.schedule=cosine", "opti
 # answers right, but penalising truncation gives groups a spread of rewards, so every iteration updates
 GRPO = ("train.max_steps=2", "grpo.overlong=penalty", "grpo.overlong_reward=-1.0", "grpo.drop_uniform_groups=false",
         "optim.lr=1e-3")  # fmt: skip
+# a reward that ranks nearly every sample (-len), so every prompt of the online DPO scenario yields a pair;
+# each rank's reward workers import it by name
+SHORTER = "reward.components=[{kind: python, function: tests.rewards:shorter_is_better}]"
 
 
 def config(out: Path, tiny: str, name: str, *extra: str) -> Config:
@@ -136,9 +138,13 @@ def main(out: Path, tiny: str, prefs: str, scenarios: list[str]) -> None:
             strategy = name.split("_")[1]
             grpo_recipe.train_grpo(config(out, tiny, name, *GRPO, f"dist.strategy={strategy}"))
         elif name == "online_ddp":
-            REWARDS["verifier"] = lambda task, path, dtype: lambda exs, texts: [-float(len(t)) for t in texts]
-            online = ("rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.pairs=best_worst")
-            dpo_recipe.train_dpo(config(out, tiny, name, "train.max_steps=2", *online))
+            online = (
+                "dpo.mode=online",
+                "rollout.prompts_per_step=4",
+                "rollout.samples_per_prompt=4",
+                "dpo.pairs=best_worst",
+            )
+            dpo_recipe.train_dpo(config(out, tiny, name, "train.max_steps=2", *online, SHORTER))
         elif name.startswith("uneven_"):
             uneven(out, tiny, name.split("_")[1])
         else:

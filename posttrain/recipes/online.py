@@ -161,8 +161,8 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
     task = make_task(cfg.data)
     last: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:  # the engine and the scorer are closed also when the run fails
+        scorer = _open_scorer(cfg, task, stack)  # first: a reward that cannot load fails before any engine starts
         sampler, engine, reference, followers = _open_followers(cfg, step, model, tokenizer, stack, extra, ckpt)
-        scorer = _open_scorer(cfg, task, stack)
         writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key=step.writer_key)
         run = Run(cfg, model, net, tokenizer, optimizer, scheduler, writer, reference)
         with progress() as bar:

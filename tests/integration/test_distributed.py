@@ -32,13 +32,14 @@ from transformers import AutoModelForCausalLM
 
 import posttrain.recipes.dpo as dpo_recipe
 import posttrain.recipes.grpo as grpo_recipe
+import posttrain.recipes.online as online_loop
 import posttrain.recipes.sft as sft_recipe
 from posttrain.cli import main as cli_main
 from posttrain.config import DistConfig, load_config
 from posttrain.errors import ConfigError
 from posttrain.models.io import load_model
 from posttrain.recipes.launch import open_training
-from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rollout.base import ENGINES, Completion, SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.train import distributed
 from posttrain.train.loop import build_optimizer, optimizer_step
@@ -155,6 +156,8 @@ class RankShares:
     two-process one only in how the update and the metrics are summed.
     """
 
+    capabilities = ENGINES["torch"]
+
     def __init__(self, engine: TorchEngine, world: int, group: int) -> None:
         self.engine, self.model, self.world, self.group = engine, engine.model, world, group
 
@@ -181,14 +184,14 @@ def test_grpo_two_processes_equal_one_process(
     runs: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = config(tmp_path, str(tiny_dir), "one", *GRPO)
-    real = grpo_recipe.build_engine
+    real = online_loop.build_engine
 
     def build_engine(*args: Any) -> RankShares:
         engine = real(*args)
         assert isinstance(engine, TorchEngine)
-        return RankShares(engine, world=2, group=cfg.grpo.samples_per_prompt)
+        return RankShares(engine, world=2, group=cfg.rollout.samples_per_prompt)
 
-    monkeypatch.setattr(grpo_recipe, "build_engine", build_engine)
+    monkeypatch.setattr(online_loop, "build_engine", build_engine)
     one = grpo_recipe.train_grpo(cfg)
     ref = read_metrics(tmp_path / "one" / "metrics.jsonl")
     # the truncation penalty gives the rewards a spread, so each iteration makes a real update
@@ -263,5 +266,5 @@ def test_bad_launches_fail_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr(distributed, "init", lambda *args: True)
     monkeypatch.setattr(distributed, "active", lambda: True)
     for backend in ("ray", "vllm"):
-        with pytest.raises(ConfigError, match=f"rollout.backend: the {backend} engine serves one trainer process"):
-            open_training(load_config(None, [f"rollout.backend={backend}"]), resume=False)
+        with pytest.raises(ConfigError, match=f"engine.backend: the {backend} engine serves one trainer process"):
+            open_training(load_config(None, [f"engine.backend={backend}"]), resume=False)

@@ -13,9 +13,12 @@ from transformers import AutoModelForSequenceClassification
 
 import posttrain.recipes.dpo as dpo_recipe
 import posttrain.recipes.online_dpo as online
-from posttrain.config import ArithmeticConfig, load_config
+import posttrain.train.reference as reference
+from posttrain.config import ArithmeticConfig, RewardComponentConfig, RewardConfig, load_config
+from posttrain.models.io import load_model
+from posttrain.recipes.online import last_sync
 from posttrain.recipes.rm import train_rm
-from posttrain.rewards.scorers import REWARDS
+from posttrain.rewards.registry import build_reward
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.arithmetic import ArithmeticTask
 from posttrain.train.metrics import read_metrics
@@ -56,7 +59,7 @@ def test_offline_dpo_lowers_loss_and_caches_the_reference(
     def no_reference(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the reference was recomputed")
 
-    monkeypatch.setattr(dpo_recipe, "sequence_logps", no_reference)
+    monkeypatch.setattr(reference, "sequence_logps", no_reference)
     dpo_recipe.train_dpo(cfg_for(tmp_path, tiny_dir, "b", *extra))
     assert losses(tmp_path / "b") == pytest.approx(a, rel=1e-6)
 
@@ -83,24 +86,33 @@ def test_simpo_needs_no_reference(tmp_path: Path, tiny_dir: Path, prefs: Path) -
     assert len(losses(tmp_path / "s")) == 2
 
 
-def shorter_is_better(task: Any, path: Any, dtype: str):
-    """A reward with a preference on every prompt: shorter completions score higher."""
-    return lambda examples, texts: [-float(len(t)) for t in texts]
+def python_reward(name: str) -> str:
+    """The override that makes ``tests.rewards.<name>`` the whole reward (a ``kind: python`` component)."""
+    return f"reward.components=[{{kind: python, function: tests.rewards:{name}}}]"
+
+
+# a reward with a preference on every prompt: shorter completions score higher
+SHORTER = python_reward("shorter_is_better")
 
 
 def fingerprint(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
 
 
-ONLINE = ("rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "optim.lr=3e-3", "rollout.pairs=best_worst")
+ONLINE = (
+    "dpo.mode=online",
+    "rollout.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "optim.lr=3e-3",
+    "dpo.pairs=best_worst",
+)
 
 
 def test_generator_syncs_exactly_every_sync_every_steps(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(REWARDS, "verifier", shorter_is_better)
     generated: list[torch.Tensor] = []
-    trained: list[torch.Tensor] = [fingerprint(online.load_model(tiny_dir))]
+    trained: list[torch.Tensor] = [fingerprint(load_model(tiny_dir))]
     real_generate, real_step = TorchEngine.generate, online.optimizer_step
 
     def generate(self: TorchEngine, *args: Any, **kwargs: Any):
@@ -114,20 +126,19 @@ def test_generator_syncs_exactly_every_sync_every_steps(
 
     monkeypatch.setattr(TorchEngine, "generate", generate)
     monkeypatch.setattr(online, "optimizer_step", step)
-    cfg = cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=7", "rollout.sync_every=3", *ONLINE)
+    cfg = cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=7", "rollout.sync_every=3", *ONLINE, SHORTER)
     online.train_online_dpo(cfg)
     assert len(generated) == 7 and len(trained) == 8  # every step had pairs and updated
     changed = [k for k in range(1, 7) if not torch.equal(generated[k], generated[k - 1])]
     assert changed == [3, 6]  # synced before steps 4 and 7: after every 3rd optimiser step, never between
     for k in range(7):
-        assert torch.equal(generated[k], trained[online.last_sync(k, 3)])
+        assert torch.equal(generated[k], trained[last_sync(k, 3)])
     records = read_metrics(tmp_path / "o" / "metrics.jsonl")
-    assert [r["generator_step"] for r in records] == [0, 0, 0, 3, 3, 3, 6]
+    assert [r["policy_version"] for r in records] == [0, 0, 0, 3, 3, 3, 6]
 
 
-def test_online_dpo_moves_its_loss(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(REWARDS, "verifier", shorter_is_better)
-    learn = ("train.max_steps=12", "rollout.sync_every=1", *ONLINE, "optim.lr=1e-2")
+def test_online_dpo_moves_its_loss(tmp_path: Path, tiny_dir: Path) -> None:
+    learn = ("train.max_steps=12", "rollout.sync_every=1", *ONLINE, "optim.lr=1e-2", SHORTER)
     final = online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "f", *learn))
     records = read_metrics(tmp_path / "f" / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(LN2, abs=1e-5)
@@ -138,16 +149,19 @@ def test_online_dpo_moves_its_loss(tmp_path: Path, tiny_dir: Path, monkeypatch: 
     before, after = weights(tiny_dir), weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # a reference synced with the generator every step: each step's loss is evaluated at pi = pi_ref
-    online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "s", *learn, "rollout.reference=synced"))
+    online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "s", *learn, f"rollout.ref_sync_every={1}"))
     assert losses(tmp_path / "s") == pytest.approx([LN2] * 12, abs=1e-4)
 
 
-@pytest.mark.parametrize(("score", "reason"), [(1.0, "skipped_all_correct"), (0.0, "skipped_all_wrong")])
+@pytest.mark.parametrize(
+    ("reward", "reason"), [("always_one", "skipped_all_correct"), ("always_zero", "skipped_all_wrong")]
+)
 def test_online_dpo_skips_and_counts_prompts_without_a_preference(
-    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, score: float, reason: str
+    tmp_path: Path, tiny_dir: Path, reward: str, reason: str
 ) -> None:
-    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: lambda exs, texts: [score] * len(texts))
-    final = online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=2", *ONLINE[:3]))
+    final = online.train_online_dpo(
+        cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=2", *ONLINE[:4], python_reward(reward))
+    )
     records = read_metrics(tmp_path / "o" / "metrics.jsonl")
     assert [(r[reason], r["pairs"], r["loss"], r["skipped"]) for r in records] == [(4, 0, None, True)] * 2
     before, after = weights(tiny_dir), weights(final)
@@ -157,8 +171,7 @@ def test_online_dpo_skips_and_counts_prompts_without_a_preference(
 def test_online_dpo_resume_equals_uninterrupted(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(REWARDS, "verifier", shorter_is_better)
-    extra = ("train.max_steps=6", "train.save_every=3", "rollout.sync_every=2", *ONLINE)
+    extra = ("train.max_steps=6", "train.save_every=3", "rollout.sync_every=2", *ONLINE, SHORTER)
     online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "a", *extra))
     cfg = cfg_for(tmp_path, tiny_dir, "b", *extra)
     real_step = online.optimizer_step
@@ -195,8 +208,16 @@ def test_reward_model_lowers_loss_and_loads_in_transformers(reward_model: Path, 
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
     task = ArithmeticTask(ArithmeticConfig(num_operands=2, digits=1))
     ex = task.examples("test", 1, 0)[0]
-    scores = REWARDS["reward_model"](task, str(reward_model), "float32")([ex, ex], ["#1", "#1"])
+    component = RewardComponentConfig("reward_model", path=str(reward_model))
+    scorer = build_reward(RewardConfig([component]), task, dtype="float32", device="cpu")
+    try:
+        assert scorer.pool is None  # a reward model runs in this process, batched: no workers
+        report = scorer.score([ex, ex], ["#1", "#1"])
+    finally:
+        scorer.close()
+    scores = report.scores
     assert scores[0] == pytest.approx(scores[1], abs=1e-5) and isinstance(scores[0], float)
+    assert report.components == {"reward_model": scores} and report.unscored == 0
 
 
 def test_reward_model_serves_grpo_and_online_dpo(tmp_path: Path, tiny_dir: Path, reward_model: Path) -> None:
@@ -204,13 +225,11 @@ def test_reward_model_serves_grpo_and_online_dpo(tmp_path: Path, tiny_dir: Path,
 
     rm = f"{reward_model}"
     train_grpo(
-        cfg_for(
-            tmp_path, tiny_dir, "g", "train.max_steps=1", "grpo.reward=reward_model", f"grpo.reward_model_path={rm}"
-        )
+        cfg_for(tmp_path, tiny_dir, "g", "train.max_steps=1", f"reward.components=[{{kind: reward_model, path: {rm}}}]")
     )
     record = read_metrics(tmp_path / "g" / "metrics.jsonl")[0]
     assert record["reward"] not in (0.0, 1.0) and record["loss"] is not None  # real-valued scores, an update
-    dpo = ("train.max_steps=2", "rollout.scorer=reward_model", f"rollout.reward_model_path={rm}", *ONLINE)
+    dpo = ("train.max_steps=2", f"reward.components=[{{kind: reward_model, path: {rm}}}]", *ONLINE)
     online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "d", *dpo))
     assert all(r["pairs"] == 4 for r in read_metrics(tmp_path / "d" / "metrics.jsonl"))
 

@@ -30,7 +30,6 @@ from posttrain.cli import main
 from posttrain.config import load_config
 from posttrain.errors import ModelError
 from posttrain.models.io import load_model
-from posttrain.rewards.scorers import REWARDS
 from posttrain.train.metrics import read_metrics
 from tests.conftest import FAST
 from tests.integration.test_recipes import Crash, crash_after, weights
@@ -153,23 +152,20 @@ def test_offline_dpo_with_lora_trains_only_adapters(
     assert_only_adapters_trained(w)
 
 
-def shorter_is_better(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A reward that ranks every sample (no ties), so each prompt yields a pair."""
-    monkeypatch.setitem(
-        REWARDS, "verifier", lambda task, path, dtype: lambda exs, texts: [-float(len(t)) for t in texts]
-    )
+# a reward that ranks nearly every sample (-len), so each prompt yields a pair
+SHORTER = "reward.components=[{kind: python, function: tests.rewards:shorter_is_better}]"
 
 
 def test_online_dpo_with_lora_uses_the_adapters_off_reference(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shorter_is_better(monkeypatch)
     w = watch(monkeypatch, online)
     extra = (
         "train.max_steps=2",
         "rollout.prompts_per_step=4",
         "rollout.samples_per_prompt=4",
-        "rollout.pairs=best_worst",
+        "dpo.pairs=best_worst",
+        SHORTER,
     )
     online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "o", *extra))
     loss = [r["loss"] for r in read_metrics(tmp_path / "o" / "metrics.jsonl")]
@@ -182,9 +178,8 @@ def test_online_dpo_with_lora_resumes_with_the_initial_generator(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Never synced (offline DPO on the policy's own samples): resume rebuilds the step-0 generator."""
-    shorter_is_better(monkeypatch)
     extra = ("train.max_steps=4", "train.save_every=2", "rollout.sync_every=0", "rollout.prompts_per_step=4",
-             "rollout.samples_per_prompt=4", "rollout.pairs=best_worst")  # fmt: skip
+             "rollout.samples_per_prompt=4", "dpo.pairs=best_worst", SHORTER)  # fmt: skip
     online.train_online_dpo(cfg_for(tmp_path, tiny_dir, "a", *extra))
     cfg = cfg_for(tmp_path, tiny_dir, "b", *extra)
     real_step = online.optimizer_step
@@ -267,3 +262,23 @@ def test_lora_errors_name_the_problem(tmp_path: Path, tiny_dir: Path, capsys: py
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="base_model_name_or_path: the base model 'no/such/base' is not a local"):
         load_model(adapter)
+
+
+@pytest.mark.parametrize("backend", ["ray", "vllm"])
+@pytest.mark.parametrize("command", ["grpo", "dpo"])
+def test_lora_on_an_engine_without_adapters_is_refused_before_any_model_loads(
+    tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    backend: str, command: str,
+) -> None:  # fmt: skip
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded before the engine check")
+
+    monkeypatch.setattr(launch, "open_stage", no_model)
+    argv = [command, f"model.path={tiny_dir}", *LORA, f"engine.backend={backend}", f"output_dir={tmp_path / 'o'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"posttrain: error: engine.backend: the {backend} engine holds a plain model and cannot take "
+        "LoRA adapter weights: use engine.backend=torch with lora"
+    )
+    assert not (tmp_path / "o").exists()

@@ -21,20 +21,26 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 import posttrain.recipes.grpo as grpo_recipe  # noqa: E402
 import posttrain.recipes.online_dpo as online  # noqa: E402
-from posttrain.config import load_config  # noqa: E402
-from posttrain.errors import RolloutError  # noqa: E402
+from posttrain.config import Config, EngineConfig, RewardComponentConfig, RewardConfig, load_config  # noqa: E402
+from posttrain.errors import ConfigError, RolloutError  # noqa: E402
 from posttrain.models.io import load_model, load_tokenizer  # noqa: E402
 from posttrain.rewards.pool import RewardPool  # noqa: E402
-from posttrain.rewards.scorers import REWARDS  # noqa: E402
-from posttrain.rewards.verifier import VerifierReward  # noqa: E402
+from posttrain.rewards.registry import build_reward  # noqa: E402
 from posttrain.rollout.base import Completion, SamplingParams  # noqa: E402
+from posttrain.rollout.factory import build_engine, sync_engine  # noqa: E402
 from posttrain.rollout.ray_engine import RayEngine, RolloutWorker, share_bounds  # noqa: E402
 from posttrain.rollout.torch_engine import TorchEngine  # noqa: E402
+from posttrain.tasks.arithmetic import ArithmeticTask  # noqa: E402
 from posttrain.tasks.base import Example  # noqa: E402
 from posttrain.train.metrics import read_metrics  # noqa: E402
 from tests.conftest import FAST  # noqa: E402
 
 TEXTS = ["1+2=?\n", "7-3+4=?\n", "9=?\n", "12+30-5+1=?\n", "5*5=?\n"]  # 5 prompts: shares of 2 and 3
+
+
+def python_reward(name: str) -> str:
+    """The override that makes ``tests.rewards.<name>`` the reward: on Ray, the reward actors import it by name."""
+    return f"reward.components=[{{kind: python, function: tests.rewards:{name}}}]"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,6 +108,28 @@ def test_sync_weights_changes_what_the_workers_generate(engine: RayEngine, local
     assert ids(engine.generate(ps, greedy)) == before
 
 
+def test_the_factory_builds_ray_workers_that_hold_and_follow_the_trainer(tiny_dir: Path, local: TorchEngine) -> None:
+    """engine.* reaches the workers; the first sync and every later one send the trainer's weights as host copies."""
+    cfg = Config(engine=EngineConfig(backend="ray", workers=1, batch_size=2, sync_timeout_s=60, generate_timeout_s=60))
+    trainer = copy.deepcopy(local.model)
+    with torch.no_grad():
+        for p in trainer.parameters():  # weights the model directory does not hold, as after a resume
+            p.mul_(1.5)
+    ps, greedy = prompts(local), SamplingParams(temperature=0.0, max_new_tokens=8)
+    engine = build_engine(cfg, trainer, local.tokenizer, tiny_dir)
+    try:
+        assert isinstance(engine, RayEngine) and len(engine.actors) == 1
+        assert ids(engine.generate(ps, greedy)) == ids(TorchEngine(trainer, local.tokenizer).generate(ps, greedy))
+        with torch.no_grad():
+            for p in trainer.parameters():
+                p.mul_(0.5)
+        sync_engine(engine, trainer)
+        assert ids(engine.generate(ps, greedy)) == ids(TorchEngine(trainer, local.tokenizer).generate(ps, greedy))
+    finally:
+        engine.close()
+    assert engine.actors == []
+
+
 class HangingWorker(RolloutWorker):
     """A worker whose weight load never returns, like a stuck transfer."""
 
@@ -113,17 +141,17 @@ class HangingWorker(RolloutWorker):
 def test_a_hung_sync_is_a_clear_error_not_a_hang(tiny_dir: Path, local: TorchEngine) -> None:
     hanging = RayEngine(tiny_dir, workers=1, sync_timeout_s=1.0, worker_cls=HangingWorker)
     t0 = time.monotonic()
-    with pytest.raises(RolloutError, match=r"^rollout.sync_timeout_s: rollout worker 0 did not load the weights"):
+    with pytest.raises(RolloutError, match=r"^engine.sync_timeout_s: rollout worker 0 did not load the weights"):
         hanging.sync_weights(local.model.state_dict())
     assert time.monotonic() - t0 < 10
     ray.kill(hanging.actors[0])  # a dead worker is named too, not a Ray traceback
-    with pytest.raises(RolloutError, match=r"^rollout.workers: rollout worker 0 died during generate"):
+    with pytest.raises(RolloutError, match=r"^engine.workers: rollout worker 0 died during generate"):
         hanging.generate(prompts(local), SamplingParams(max_new_tokens=4))
     hanging.close()
 
 
 def flaky(examples: list[Example], texts: list[str]) -> list[float]:
-    """A verifier with a bug ("boom") and an input it never finishes ("hang")."""
+    """The old reward interface's twin of ``tests.rewards.flaky``: a bug ("boom"), a hang ("hang")."""
     if texts[0] == "boom":
         raise ValueError("cannot parse")
     if texts[0] == "hang":
@@ -147,58 +175,62 @@ def test_reward_pool_counts_errors_and_timeouts_and_recovers() -> None:
     pool.close()
 
 
-class FlakyVerifier(VerifierReward):
-    """The task's verifier, with a bug that some of the tiny model's completions hit, deterministically."""
+def test_the_recipes_reward_pool_on_ray_counts_errors_and_timeouts_and_recovers() -> None:
+    """What GRPO and online DPO build with engine.backend=ray: a python component in Ray actors."""
+    cfg = RewardConfig([RewardComponentConfig("python", function="tests.rewards:flaky")], workers=2, timeout_s=1.0)
+    before = alive_actors()
+    scorer = build_reward(cfg, ArithmeticTask(), backend="ray")
+    ex = Example(id="e", prompt="q", answer="a")
+    try:
+        t0 = time.monotonic()
+        report = scorer.score([ex] * 5, ["good", "boom", "hang", "bad", "good"])
+        assert time.monotonic() - t0 < 15
+        assert report.scores == [1.0, None, None, 0.0, 1.0]  # missing, never 0
+        assert (report.errors, report.timeouts) == (1, 1)
+        assert any("ValueError: cannot parse" in m for m in report.messages)
+        assert any("reward.timeout_s" in m for m in report.messages)
+        again = scorer.score([ex] * 3, ["good", "bad", "good"])  # the hung actor was replaced
+        assert again.scores == [1.0, 0.0, 1.0]
+        assert (again.errors, again.timeouts) == (0, 0)
+    finally:
+        scorer.close()
+    assert_ended(before)
 
-    def __call__(self, examples: list[Example], texts: list[str]) -> list[float]:
-        if any(len(t) % 3 == 0 for t in texts):
-            raise RuntimeError("unparseable")
-        return [s + len(t) % 2 for s, t in zip(super().__call__(examples, texts), texts)]  # some signal
 
-
-def test_grpo_on_ray_workers_reports_reward_failures(
-    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: FlakyVerifier(task))
-    overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2"]
-    ray_keys = ["rollout.backend=ray", "rollout.workers=2", "rollout.reward_workers=2", "rollout.reward_timeout_s=5"]
+def test_grpo_on_ray_workers_reports_reward_failures(tmp_path: Path, tiny_dir: Path) -> None:
+    # the task's verifier plus a python term with a bug some of the tiny model's completions hit, deterministically
+    reward = "reward.components=[{kind: verifier}, {kind: python, function: tests.rewards:flaky_parity}]"
+    overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2", reward]
+    ray_keys = ["engine.backend=ray", "engine.workers=2", "reward.workers=2", "reward.timeout_s=5"]
     final = grpo_recipe.train_grpo(load_config(None, [*overrides, *ray_keys]))
     records = read_metrics(tmp_path / "g" / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [1, 2]
     assert all(r["reward_timeouts"] == 0 for r in records)
     assert sum(r["reward_errors"] for r in records) > 0
     assert all(r["groups_dropped"] > 0 for r in records if r["reward_errors"])
+    assert all(r["unscored"] >= r["reward_errors"] for r in records)  # a failed sample is unscored, not 0
     assert (final / "model.safetensors").is_file()
 
 
-def test_grpo_on_one_ray_worker_matches_the_in_process_run(
-    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_grpo_on_one_ray_worker_matches_the_in_process_run(tmp_path: Path, tiny_dir: Path) -> None:
     """The weights reach the worker after every iteration: otherwise later iterations would sample differently."""
-    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: shorter_is_better)
-    common = [*FAST, f"model.path={tiny_dir}", "train.max_steps=2", "optim.lr=1e-2"]
+    # a reward with a preference on nearly every prompt; worker processes score the in-process run, Ray actors the other
+    common = [*FAST, f"model.path={tiny_dir}", "train.max_steps=2", "optim.lr=1e-2", python_reward("shorter_is_better")]
     grpo_recipe.train_grpo(load_config(None, [*common, f"output_dir={tmp_path / 't'}"]))
-    on_ray = [*common, f"output_dir={tmp_path / 'r'}", "rollout.backend=ray", "rollout.workers=1"]
+    on_ray = [*common, f"output_dir={tmp_path / 'r'}", "engine.backend=ray", "engine.workers=1"]
     grpo_recipe.train_grpo(load_config(None, on_ray))
     here, there = read_metrics(tmp_path / "t" / "metrics.jsonl"), read_metrics(tmp_path / "r" / "metrics.jsonl")
     assert [r["completion_len"] for r in there] == [r["completion_len"] for r in here]
     assert [r["loss"] for r in there] == pytest.approx([r["loss"] for r in here], rel=1e-4)
 
 
-def shorter_is_better(examples: list[Example], texts: list[str]) -> list[float]:
-    """A reward with a preference on nearly every prompt, so every step has pairs to learn from."""
-    return [-float(len(t)) for t in texts]
-
-
-def test_online_dpo_on_one_ray_worker_matches_the_in_process_run(
-    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_online_dpo_on_one_ray_worker_matches_the_in_process_run(tmp_path: Path, tiny_dir: Path) -> None:
     """One worker keeps the call's seed, so only a missed or stale weight sync could tell the runs apart."""
-    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: shorter_is_better)
     common = [*FAST, f"model.path={tiny_dir}", "train.max_steps=2", "rollout.sync_every=1", "optim.lr=3e-3"]
-    common += ["rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.pairs=best_worst"]
+    common += [python_reward("shorter_is_better")]  # a preference on nearly every prompt: pairs to learn from
+    common += ["rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "dpo.pairs=best_worst"]
     online.train_online_dpo(load_config(None, [*common, f"output_dir={tmp_path / 't'}"]))
-    on_ray = [*common, f"output_dir={tmp_path / 'r'}", "rollout.backend=ray", "rollout.workers=1"]
+    on_ray = [*common, f"output_dir={tmp_path / 'r'}", "engine.backend=ray", "engine.workers=1"]
     online.train_online_dpo(load_config(None, on_ray))
     here, there = read_metrics(tmp_path / "t" / "metrics.jsonl"), read_metrics(tmp_path / "r" / "metrics.jsonl")
     assert [r["pairs"] for r in there] == [r["pairs"] for r in here]
@@ -244,11 +276,11 @@ def first_starts(claim: Path) -> type[RolloutWorker]:
 def test_a_failed_start_kills_the_workers_already_started(tiny_dir: Path, tmp_path: Path) -> None:
     before = alive_actors()
     # each `as` keeps the error's traceback, which holds the half-built engine: only a kill ends its actors
-    with pytest.raises(RolloutError, match=r"^rollout.workers: rollout worker \d died during start") as failed:
+    with pytest.raises(RolloutError, match=r"^engine.workers: rollout worker \d died during start") as failed:
         RayEngine(tiny_dir, workers=2, worker_cls=first_starts(tmp_path / "claim"))
     assert (tmp_path / "claim").exists()  # one worker did start
     assert_ended(before)
-    with pytest.raises(RolloutError, match=r"^rollout.workers: rollout worker 0 did not start within 2 s") as hung:
+    with pytest.raises(RolloutError, match=r"^engine.workers: rollout worker 0 did not start within 2 s") as hung:
         RayEngine(tiny_dir, workers=2, worker_cls=SlowToLoad, start_timeout_s=2.0)
     assert "raise it" not in str(hung.value)  # no setting raises the start-up limit
     assert_ended(before)
@@ -269,36 +301,35 @@ def test_grpo_on_ray_ends_its_actors_when_an_iteration_fails(
 
     monkeypatch.setattr(grpo_recipe, "optimizer_step", crash)  # the first update raises, after sampling
     overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2"]
-    # rewards are all 0: kept (not dropped) uniform groups still reach the update that crashes
-    overrides += ["grpo.drop_uniform_groups=false", "rollout.backend=ray", "rollout.workers=2"]
+    # rewards are all 0: kept (not dropped) uniform groups still reach the update that crashes; a python
+    # reward runs in Ray reward actors, which must end with the rollout workers
+    overrides += ["grpo.drop_uniform_groups=false", "engine.backend=ray", "engine.workers=2"]
+    overrides += [python_reward("always_zero"), "reward.workers=2"]
     with pytest.raises(Crash) as crashed:  # the traceback holds the recipe's frame, engine and pool
         grpo_recipe.train_grpo(load_config(None, overrides))
     assert_ended(before)
     del crashed
 
 
-class UnloadableReward:
-    """A reward that pickles in the driver but cannot be rebuilt on a reward worker (a missing dependency)."""
-
-    def __call__(self, examples: list[Example], texts: list[str]) -> list[float]:
-        return [0.0] * len(texts)
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return unavailable, ()
-
-
-def unavailable() -> Any:
-    raise ImportError("the checker's dependency is not installed on this node")
-
-
-def test_online_dpo_on_ray_ends_its_actors_when_the_reward_workers_fail(
-    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("function", "why"),
+    [
+        ("tests.rewards:no_such_reward", "has no 'no_such_reward'"),  # a typo in the name
+        ("tests.no_such_rewards_module:score", "ModuleNotFoundError"),  # a module that does not import
+    ],
+)
+def test_online_dpo_on_ray_ends_its_actors_when_the_reward_does_not_load(
+    tmp_path: Path, tiny_dir: Path, function: str, why: str
 ) -> None:
+    """A python reward is imported in the driver when the scorer is built, before any iteration: a one-line
+    ConfigError naming the component, and the rollout actors already started end with it."""
     before = alive_actors()
-    monkeypatch.setitem(REWARDS, "verifier", lambda task, path, dtype: UnloadableReward())
     overrides = [*FAST, f"output_dir={tmp_path / 'd'}", f"model.path={tiny_dir}", "train.max_steps=2"]
-    overrides += ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.backend=ray"]
-    with pytest.raises(RolloutError, match=r"^rollout.reward_workers: a reward worker failed to start") as failed:
+    overrides += ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "engine.backend=ray"]
+    overrides += [f"reward.components=[{{kind: python, function: {function}}}]"]
+    with pytest.raises(ConfigError, match=r"^reward.components.0.function: cannot load") as failed:
         online.train_online_dpo(load_config(None, overrides))
+    assert why in str(failed.value) and "\n" not in str(failed.value)
+    assert not (tmp_path / "d" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "d" / "metrics.jsonl")
     assert_ended(before)
     del failed

@@ -107,26 +107,25 @@ def test_sft_with_packing_takes_the_same_steps(tmp_path, tiny_dir) -> None:
     assert sum(r["tokens"] for r in runs["true"]) == sum(r["tokens"] for r in runs["false"])
 
 
-def test_grpo_with_packing_gives_the_same_first_update(tmp_path, tiny_dir, monkeypatch) -> None:
+def test_grpo_with_packing_gives_the_same_first_update(tmp_path, tiny_dir) -> None:
     from posttrain.recipes.grpo import train_grpo
-    from posttrain.rewards.scorers import REWARDS
+    from posttrain.train.metrics import read_metrics
 
     # the untrained model never answers right; shorter-is-better gives every group a signal
-    monkeypatch.setitem(
-        REWARDS, "verifier", lambda task, path, dtype: lambda exs, texts: [-float(len(t)) for t in texts]
-    )
-    from posttrain.train.metrics import read_metrics
+    reward = "reward.components=[{kind: python, function: tests.rewards:shorter_is_better}]"
 
     first = {}
     for packing in ("false", "true"):
         extra = (
             "train.max_steps=1",
-            "grpo.samples_per_prompt=8",
+            "rollout.samples_per_prompt=8",
             "sampling.temperature=1.5",
             f"train.packing={packing}",
+            reward,
         )
         train_grpo(_cfg(tmp_path, tiny_dir, packing, *extra))
         first[packing] = read_metrics(tmp_path / packing / "metrics.jsonl")[0]
     assert first["false"].get("loss") is not None  # a real update happened: some group had signal
+    assert first["false"]["reward/shorter_is_better"] == first["false"]["reward"]  # the python reward scored
     for key in ("loss", "grad_norm", "ratio", "entropy"):
         assert first["true"][key] == pytest.approx(first["false"][key], rel=1e-4, abs=1e-6), key

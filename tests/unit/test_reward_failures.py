@@ -8,14 +8,19 @@ import sys
 
 import pytest
 
+from posttrain.algorithms.advantages import ADVANTAGES
 from posttrain.algorithms.pairs import build_pairs
-from posttrain.config import GRPOConfig
+from posttrain.algorithms.rl_batch import full_batch, kept_groups, rl_batch, rl_rewards
+from posttrain.config import GRPOConfig, RewardComponentConfig, RewardConfig
 from posttrain.errors import ConfigError
-from posttrain.recipes.grpo import reward_metrics, rollout_batch, sample_rollouts
+from posttrain.recipes.online import rollout_metrics
 from posttrain.recipes.online_dpo import scored_pairs
+from posttrain.records import Completion, SamplingParams
 from posttrain.rewards.pool import LocalScorer
-from posttrain.rollout.base import Completion, SamplingParams
+from posttrain.rewards.registry import build_reward
 from posttrain.rollout.factory import require_ray
+from posttrain.rollout.groups import sample_groups
+from posttrain.tasks.arithmetic import ArithmeticTask
 from posttrain.tasks.base import Example
 
 
@@ -58,19 +63,42 @@ def test_a_nan_reward_is_an_error_not_a_score() -> None:
 
 
 def test_grpo_drops_a_group_with_a_missing_reward_instead_of_scoring_it_zero() -> None:
-    cfg = GRPOConfig(prompts_per_step=3, samples_per_prompt=2)
+    cfg = GRPOConfig()
     examples = [Example(id=str(i), prompt=f"q{i}") for i in range(3)]
     # group 0 has signal; group 1 would have signal if "boom" were scored 0; group 2 too
     engine = ScriptedEngine(["good", "bad", "boom", "good", "bad", "good"])
-    ro = sample_rollouts(engine, None, examples, [[1], [2], [3]], cfg, SamplingParams(), LocalScorer(picky))  # type: ignore[arg-type]
-    assert ro.scored.tolist() == [[True, True], [False, False], [True, True]]  # the failed group's rest is skipped
-    batch, dropped = rollout_batch(ro, cfg, max_len=4, pad_id=0)
+    # the recipes' reward: a python component in the deadline pool, one sample per call; one worker
+    # takes the calls in order, so the failed group's second sample is never started
+    reward = RewardConfig([RewardComponentConfig("python", function="tests.rewards:picky")], workers=1, timeout_s=30.0)
+    scorer = build_reward(reward, ArithmeticTask())
+    try:
+        groups = sample_groups(
+            engine, scorer, examples, [[1], [2], [3]], group_size=2, sampling=SamplingParams(),
+            policy_version=0, doom_groups=True,
+        )  # fmt: skip
+    finally:
+        scorer.close()
+    assert groups.scored.tolist() == [[True, True], [False, False], [True, True]]  # the failed group's rest is skipped
+    assert groups.scores[0].tolist() == [1.0, 0.0] and groups.scores[2].tolist() == [0.0, 1.0]
+    assert groups.scores[1].isnan().all()  # missing, not 0
+    rewards = rl_rewards(groups, cfg.overlong, cfg.overlong_reward)
+    keep = kept_groups(rewards, groups.scored, cfg.drop_uniform_groups)
+    assert keep.tolist() == [True, False, True]
+    advantages = ADVANTAGES[cfg.advantage](rewards)
+    batch = rl_batch(
+        groups, full_batch(groups, pad_id=0), advantages, keep, overlong=cfg.overlong, loss_agg=cfg.loss_agg, max_len=4
+    )
     assert batch is not None
     assert batch.extra["group"].tolist() == [0, 0, 2, 2]
-    assert dropped == pytest.approx(1 / 3)
-    metrics = reward_metrics(ro, 0)
+    assert batch.extra["advantages"].isfinite().all()  # the missing rewards reach no kept sample
+    assert 1.0 - float(keep.float().mean()) == pytest.approx(1 / 3)  # the step's groups_dropped
+    metrics = rollout_metrics(groups, "grpo", 0)
     assert metrics["reward"] == pytest.approx(0.5)  # over the 4 scored samples, not 0.5 * 4 / 6
-    assert (metrics["reward_errors"], metrics["reward_timeouts"]) == (1, 0)
+    assert metrics["reward/picky"] == pytest.approx(0.5)
+    assert (metrics["reward_errors"], metrics["reward_timeouts"], metrics["reward_missing"]) == (1, 0, 0)
+    assert metrics["unscored"] == 2  # "boom" and its skipped group mate
+    assert groups.report.skipped == 1
+    assert groups.report.messages == ["sample 2: ZeroDivisionError: the parser divided by zero"]
 
 
 def test_online_dpo_pairs_never_use_a_sample_without_a_reward() -> None:
@@ -89,5 +117,5 @@ def test_online_dpo_pairs_never_use_a_sample_without_a_reward() -> None:
 
 def test_the_ray_backend_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when Ray is not installed
-    with pytest.raises(ConfigError, match=r"^rollout.backend: .*pip install 'posttrain\[ray\]'"):
+    with pytest.raises(ConfigError, match=r"^engine.backend: .*pip install 'posttrain\[ray\]'"):
         require_ray()
