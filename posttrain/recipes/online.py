@@ -47,7 +47,7 @@ from posttrain.recipes.launch import open_training
 from posttrain.records import SamplingParams, ScoredGroups, ScoreReport
 from posttrain.rewards.registry import build_reward
 from posttrain.rollout.base import ENGINES
-from posttrain.rollout.factory import build_engine, init_ray, sync_engine
+from posttrain.rollout.factory import build_engine, init_ray, policy_state, sync_engine
 from posttrain.rollout.groups import sample_groups
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Task
@@ -135,6 +135,52 @@ class Follower:
         return extra
 
 
+class EngineWeights:
+    """The weights an engine that holds its own copy (Ray, vLLM) samples with, synced every ``every`` iterations.
+
+    With checkpoints and a stale sampler (``every`` != 1) it keeps a host copy of what it
+    last sent, so a checkpoint can record the sampler's weights as ``Follower`` does.
+    """
+
+    key = "generator"
+
+    def __init__(self, engine: Any, every: int, keep: bool, initial: Callable[[], dict[str, torch.Tensor]]):
+        self.engine, self.every, self.keep, self._initial = engine, every, keep and every != 1, initial
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def restore(self, extra: dict[str, Any], resumed: bool, model: PreTrainedModel) -> None:
+        """The engine was built with the policy's weights; resumed, it gets the ones it sampled with before."""
+        state = None
+        if self.key in extra:
+            state = extra[self.key]
+        elif resumed and self.every != 1 and extra.get(f"{self.key}_step", 0) == 0:
+            state = self._initial()
+        if state is not None:
+            self.engine.sync_weights(state)
+        if self.keep:
+            self.state = state if state is not None else _snapshot(model)
+
+    def sync(self, it: int, model: PreTrainedModel) -> bool:
+        if not should_sync(it, self.every):
+            return False
+        sync_engine(self.engine, model)
+        if self.keep:
+            self.state = _snapshot(model)
+        return True
+
+    def checkpoint(self, next_it: int) -> dict[str, Any]:
+        synced_at = last_sync(next_it - 1, self.every)
+        extra: dict[str, Any] = {f"{self.key}_step": synced_at}
+        if self.state is not None and synced_at > 0 and not should_sync(next_it, self.every):
+            extra[self.key] = self.state
+        return extra
+
+
+def _snapshot(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A host copy of the policy's weights that later updates do not change (on a CPU, .cpu() aliases)."""
+    return {k: v.clone() for k, v in policy_state(model).items()}
+
+
 def initial_weights(cfg: Config, model: PreTrainedModel) -> Callable[[], dict[str, torch.Tensor]]:
     """The initial policy's weights, loaded only when a resumed follower needs them."""
 
@@ -168,10 +214,8 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
         with progress() as bar:
             bar_id = bar.add_task(step.stage, total=cfg.train.max_steps, completed=start, info="")
             for it in range(start, cfg.train.max_steps):
-                for f in followers:
+                for f in followers:  # the sampler's weights (a copy, or the engine's own), the reference
                     f.sync(it, model)
-                if sampler is None and should_sync(it, r.sync_every):
-                    sync_engine(engine, model)  # the engine holds its own copy (Ray, vLLM)
                 groups = draw_and_sample(cfg, it, run, task, engine, scorer, step.doom_groups)
                 last = step(run, it, groups, rollout_metrics(groups, step.stage, it))
                 bar.update(bar_id, advance=1, info=_progress_info(last))
@@ -196,7 +240,7 @@ def _open_followers(
     stack: contextlib.ExitStack,
     extra: dict[str, Any],
     ckpt: Path | None,
-) -> tuple[Follower | None, Any, torch.nn.Module | None, list[Follower]]:
+) -> tuple[Follower | None, Any, torch.nn.Module | None, list[Follower | EngineWeights]]:
     """The sampler's copy (None: the policy itself or the engine's own), the engine, the reference, the followers."""
     r = cfg.rollout
     initial = initial_weights(cfg, model)
@@ -205,7 +249,7 @@ def _open_followers(
     if in_process and r.sync_every != 1:
         sampler = Follower("generator", r.sync_every, model, initial)
         sampler.restore(extra, ckpt is not None)
-    followers = [sampler] if sampler is not None else []
+    followers: list[Follower | EngineWeights] = [sampler] if sampler is not None else []
     reference: torch.nn.Module | None = None
     if step.needs_reference and r.ref_sync_every == 0:
         reference = reference_model(cfg, model)  # with LoRA: the policy, adapters off
@@ -219,19 +263,11 @@ def _open_followers(
     assert cfg.model.path is not None  # open_stage resolved it
     engine = build_engine(cfg, sampler.module if sampler else model, tokenizer, cfg.model.path)
     stack.callback(engine.close)
-    if sampler is None and not in_process and ckpt is not None and r.sync_every != 1:
-        _restore_engine(engine, extra, initial, r.sync_every)
+    if not in_process:
+        remote = EngineWeights(engine, r.sync_every, cfg.train.save_every > 0, initial)
+        remote.restore(extra, ckpt is not None, model)
+        followers.insert(0, remote)
     return sampler, engine, reference, followers
-
-
-def _restore_engine(
-    engine: Any, extra: dict[str, Any], initial: Callable[[], dict[str, torch.Tensor]], every: int
-) -> None:
-    """A resumed engine that holds its own weights gets the ones it sampled with before the interruption."""
-    if "generator" in extra:
-        engine.sync_weights(extra["generator"])
-    elif extra.get("generator_step", 0) == 0 and every == 0:
-        engine.sync_weights(initial())
 
 
 def _open_scorer(cfg: Config, task: Task, stack: contextlib.ExitStack) -> Any:

@@ -73,7 +73,7 @@ def test_a_hanging_check_leaves_its_problem_unscored_and_counted(
     monkeypatch.setattr(checking, "judge", hang_on_gold)  # sent to the workers by reference
     out = tmp_path / "e"
     args = [*FAST, f"model.path={tiny_dir}", "data.task=jsonl", f"data.path={data}", f"data.eval_path={data}",
-            "data.verifier=math_verify", "reward.timeout_s=0.5", "eval.chunk_size=2", f"output_dir={out}"]  # fmt: skip
+            "data.verifier=math_verify", "reward.timeout_s=2", "eval.chunk_size=2", f"output_dir={out}"]  # fmt: skip
     assert main(["eval", *args]) == 0
     r = json.loads((out / "eval.json").read_text())["model"]
     assert r["num_problems"] == 3 and r["num_scored_problems"] == 2

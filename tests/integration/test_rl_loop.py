@@ -95,10 +95,20 @@ def test_the_reference_follows_its_own_schedule(tmp_path: Path, tiny_dir: Path) 
     assert abs(kl[0]) < 1e-6 and kl[-1] > 1e-4
 
 
-@pytest.mark.parametrize("extra", [("rollout.sync_every=3",), ("rollout.ref_sync_every=2", "grpo.kl_coef=0.1")])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("rollout.sync_every=3",),
+        ("rollout.ref_sync_every=2", "grpo.kl_coef=0.1"),
+        # an engine with its own copy of the weights: the checkpoint records what it sampled with
+        pytest.param(("rollout.sync_every=3", "engine.backend=ray", "engine.workers=1"), id="ray-semi-online"),
+    ],
+)
 def test_resume_with_stale_followers_equals_an_uninterrupted_run(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...]
 ) -> None:
+    if "engine.backend=ray" in extra:
+        pytest.importorskip("ray", reason="the Ray engine needs the ray extra")
     run = ("train.max_steps=6", "train.save_every=2", *extra)
     grpo_recipe.train_grpo(cfg_for(tmp_path, tiny_dir, "a", *run))
     cfg = cfg_for(tmp_path, tiny_dir, "b", *run)
