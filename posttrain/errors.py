@@ -7,6 +7,8 @@ library callers get an ordinary exception they can catch.
 
 from __future__ import annotations
 
+import math
+
 
 class PosttrainError(Exception):
     """Bad input from the user: a config, a data file, a model directory."""
@@ -50,3 +52,33 @@ class ModelError(PosttrainError):
 
 class RolloutError(PosttrainError):
     """A rollout or reward worker that hung, died or failed: named, with the setting that bounds it."""
+
+
+class TrainingError(PosttrainError):
+    """A run that cannot go on from what the user set: stopped with the step and what to change."""
+
+
+class NonFiniteStepError(TrainingError):
+    """An optimiser step whose loss or gradient norm is inf or NaN; the update was not applied.
+
+    The loop knows the step and the values, not where the run keeps its checkpoints, so the
+    message names the setting to change and the directory by its place in ``output_dir``.
+    """
+
+    def __init__(self, step: int, loss: float, grad_norm: float) -> None:
+        self.step = step
+        self.loss = loss
+        self.grad_norm = grad_norm
+        if math.isfinite(loss):
+            what = f"the gradient norm is {grad_norm:g} (loss {loss:.4g})"
+        else:
+            what = f"the loss is {loss:g} (gradient norm {grad_norm:g})"
+        super().__init__(
+            f"optimiser step {step}: {what}; the update was not applied and training stopped: "
+            "lower optim.lr (in bfloat16 or float16, or use model.dtype=float32); "
+            "the checkpoints already in output_dir/checkpoints are untouched"
+        )
+
+
+class CheckpointError(PosttrainError):
+    """A checkpoint that cannot be trusted, read or written: named, with what to do about it."""

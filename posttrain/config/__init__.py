@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -97,10 +99,18 @@ class _Source:
 
 
 def _record_lines(node: yaml.Node, prefix: str, file: str, src: _Source) -> None:
+    """Note the line of every key, refusing a key given twice in one mapping (YAML keeps the last silently)."""
     if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            src.lines[key] = (file, key_node.start_mark.line + 1)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in first:
+                    message = f"duplicate key {key_node.value!r} (first at line {first[key_node.value]})"
+                    raise ConfigError(message, file=file, line=line, field=key)
+                first[key_node.value] = line
+            src.lines[key] = (file, line)
             _record_lines(value_node, key + ".", file, src)
     elif isinstance(node, yaml.SequenceNode):  # list items are numbered: reward.components.1.kind
         for i, item in enumerate(node.value):
@@ -342,7 +352,10 @@ def _coerce(tp: Any, value: Any, dotted: str, src: _Source) -> Any:
                 raise fail("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
-        return float(value)
+        value = float(value)
+        if not math.isfinite(value):  # inf, nan, 1e999: no setting means them, and NaN weights follow
+            raise fail("a finite number")
+        return value
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise fail("a string")
@@ -359,12 +372,16 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
             file, line = src.where(key)
             raise ConfigError(message, file=file, line=line, field=key)
 
+    for key, value in _floats(cfg, ""):  # a config built in code skips _coerce's check
+        need(math.isfinite(value), key, f"must be a finite number, got {value!r}")
     t, g, s, e, o = cfg.train, cfg.grpo, cfg.sampling, cfg.eval, cfg.optim
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     need(t.batch_size > 0, "train.batch_size", "must be > 0")
     need(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0")
-    need(o.lr > 0, "optim.lr", "must be > 0")
+    need(t.save_every >= 0, "train.save_every", "must be >= 0 (0 saves only at the end)")
+    _validate_optim(o, need)
+    _validate_model(cfg, need)
     r = cfg.rollout
     need(r.prompts_per_step > 0, "rollout.prompts_per_step", "must be > 0")
     need(r.samples_per_prompt >= 2, "rollout.samples_per_prompt", "needs at least 2 samples: a group baseline, a pair")
@@ -414,6 +431,49 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     _validate_preferences(cfg, src, need)
     _validate_scale(cfg, need)
     validate_reward(cfg.reward, need)
+
+
+def _floats(obj: Any, prefix: str) -> typing.Iterator[tuple[str, float]]:
+    """Every float field of a config, by its dotted key (list items numbered, as in errors)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _floats(getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            yield from _floats(item, f"{prefix}.{i}")
+    elif isinstance(obj, float):
+        yield prefix, obj
+
+
+def _validate_optim(o: OptimConfig, need: Callable[[bool, str, str], None]) -> None:
+    need(o.lr > 0, "optim.lr", "must be > 0")
+    need(0 <= o.beta1 < 1, "optim.beta1", "must be in [0, 1)")
+    need(0 <= o.beta2 < 1, "optim.beta2", "must be in [0, 1)")
+    need(o.eps > 0, "optim.eps", "must be > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _validate_model(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    device = cfg.model.device
+    need(
+        _DEVICE.fullmatch(device) is not None,
+        "model.device",
+        f"{device!r} is not a device: use auto, cpu, cuda, cuda:N (N a GPU index) or mps",
+    )
+    if cfg.model.dtype != "float16" or device not in ("cpu", "auto"):
+        return
+    from posttrain.device import resolve_device  # torch, only for the one setting that needs it
+
+    if resolve_device(device).type == "cpu":
+        where = "" if device == "cpu" else " (model.device=auto, and there is no CUDA GPU here)"
+        need(
+            False,
+            "model.dtype",
+            f"float16 on the CPU{where} gives NaN losses: use model.dtype=float32 or bfloat16",
+        )
 
 
 def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None:

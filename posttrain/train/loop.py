@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import OptimConfig
+from posttrain.errors import NonFiniteStepError
 from posttrain.train import distributed
 
 Micro = TypeVar("Micro")
@@ -108,6 +109,7 @@ def optimizer_step(
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    _refuse_non_finite(optimizer, scheduler, loss_total / count, grad_norm)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
@@ -115,6 +117,23 @@ def optimizer_step(
     stats.update({k: num / den for k, (num, den) in sums.items() if den > 0})
     stats["step_seconds"] = time.perf_counter() - start
     return stats
+
+
+def _refuse_non_finite(optimizer: Optimizer, scheduler: LambdaLR, loss: float, grad_norm: float) -> None:
+    """Stop before an inf or NaN loss or gradient reaches the weights (and from them every checkpoint).
+
+    It only reads the two numbers the step computes anyway, so finite steps are unchanged
+    bit for bit. Under torchrun every rank takes the same decision without a collective of
+    its own: the loss is the sum over ranks of the gathered per-rank sums (the same floats,
+    added in the same order), and the norm is that of gradients already reduced over ranks
+    (DDP's all-reduce, or FSDP's norm made whole by ``full_tensor``), so a NaN on any rank
+    is a NaN on all. The step number counts optimiser steps over the run, resumed ones
+    included: the scheduler, restored from the checkpoint, has taken one per step.
+    """
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    optimizer.zero_grad(set_to_none=True)  # the clipped non-finite gradients must not linger
+    raise NonFiniteStepError(scheduler.last_epoch + 1, loss, grad_norm)
 
 
 def _grad_sync(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager[Any]:

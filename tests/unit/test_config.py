@@ -156,3 +156,120 @@ def test_a_rollout_section_no_longer_turns_dpo_online() -> None:
     cfg = load_config(None, ["rollout.sync_every=2", "data.path=prefs.jsonl"])
     assert cfg.dpo.mode == "offline"
     assert load_config(None, ["dpo.mode=online"]).dpo.mode == "online"
+
+
+# "Silent NaN. `optim.lr=1e6`, `optim.lr=inf` (accepted by validation) and `model.dtype=float16` on a CPU
+# exit 0 with 'final loss nan' and save NaN weights [...] non-finite config values are refused at load."
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", ".inf", ".nan", "1e999"])
+def test_a_non_finite_float_is_refused_at_load(raw: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"optim.lr={raw}"])
+    assert str(err.value).startswith("command line: optim.lr: expected a finite number, got ")
+
+
+def test_a_non_finite_float_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "optim:\n  lr: 1e-3\ngrpo:\n  kl_coef: .nan\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:4: grpo.kl_coef: expected a finite number, got nan"
+    path = write(tmp_path, "reward:\n  components:\n    - {kind: verifier, weight: .inf}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: reward\.components\.0\.weight: expected a finite number"):
+        load_config(path)
+
+
+def test_validate_refuses_a_non_finite_float_built_in_code() -> None:
+    import dataclasses
+
+    from posttrain.config import validate
+
+    cfg = Config()
+    bad = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, weight_decay=float("nan")))
+    with pytest.raises(ConfigError, match=r"^optim\.weight_decay: must be a finite number, got nan$"):
+        validate(bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=0", "optim.lr: must be > 0"),
+        ("optim.lr=-1e-3", "optim.lr: must be > 0"),
+        ("optim.beta1=1", "optim.beta1: must be in [0, 1)"),
+        ("optim.beta1=-0.1", "optim.beta1: must be in [0, 1)"),
+        ("optim.beta2=1.0", "optim.beta2: must be in [0, 1)"),
+        ("optim.eps=0", "optim.eps: must be > 0"),
+        ("optim.weight_decay=-0.01", "optim.weight_decay: must be >= 0"),
+        ("train.save_every=-1", "train.save_every: must be >= 0 (0 saves only at the end)"),
+    ],
+)
+def test_optimiser_and_checkpoint_ranges(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == f"command line: {message}"
+
+
+def test_range_edges_that_are_valid() -> None:
+    cfg = load_config(None, ["optim.beta1=0", "optim.beta2=0.999", "optim.weight_decay=0", "train.save_every=0"])
+    assert (cfg.optim.beta1, cfg.optim.beta2, cfg.train.save_every) == (0.0, 0.999, 0)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3", "mps"])
+def test_model_device_accepts_the_known_names(device: str) -> None:
+    assert load_config(None, [f"model.device={device}"]).model.device == device
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda0", "cuda:x", "cuda:-1", "CPU", "tpu"])
+def test_model_device_refuses_other_names_with_the_choices(device: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"model.device={device}"])
+    assert str(err.value) == (
+        f"command line: model.device: {device!r} is not a device: use auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+    )
+
+
+def test_float16_on_the_cpu_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.dtype=float16", "model.device=cpu"])
+    message = str(err.value)
+    assert message.startswith("command line: model.dtype: float16 on the CPU ")
+    assert "use model.dtype=float32 or bfloat16" in message and "\n" not in message
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write(tmp_path, "model:\n  dtype: float16\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2: model\.dtype: float16 on the CPU .*\(model\.device=auto"):
+        load_config(path)
+    assert load_config(None, ["model.dtype=bfloat16", "model.device=cpu"]).model.dtype == "bfloat16"
+    assert load_config(None, ["model.dtype=float16", "model.device=cuda"]).model.dtype == "float16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_config(path).model.dtype == "float16"  # auto is the GPU where there is one
+
+
+# "a YAML file with two `train:` sections keeps the last silently"
+
+
+def test_a_duplicate_top_level_section_names_the_second_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  max_steps: 3\noptim:\n  lr: 1e-3\ntrain:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:5: train: duplicate key 'train' (first at line 1)"
+
+
+def test_a_duplicate_nested_key_names_the_second_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  max_steps: 3\n  max_steps: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:3: train.max_steps: duplicate key 'max_steps' (first at line 2)"
+    path = write(tmp_path, "stages:\n  sft:\n    optim: {lr: 1e-3, lr: 2e-3}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: stages\.sft\.optim\.lr: duplicate key 'lr' \(first at line 3"):
+        load_config(path)
+    path = write(tmp_path, "reward:\n  components:\n    - kind: verifier\n      kind: length\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:4: reward\.components\.0\.kind: duplicate key 'kind'"):
+        load_config(path)
+
+
+def test_the_same_key_in_different_sections_is_not_a_duplicate(tmp_path: Path) -> None:
+    path = write(tmp_path, "sampling:\n  max_new_tokens: 8\neval:\n  sampling:\n    max_new_tokens: 9\n")
+    cfg = load_config(path)
+    assert (cfg.sampling.max_new_tokens, cfg.eval.sampling.max_new_tokens) == (8, 9)
