@@ -10,6 +10,7 @@ parameters on a CPU.
 
 from __future__ import annotations
 
+import shutil
 import string
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from posttrain.config import TinyModelConfig
+from posttrain.models.io import replace_dir
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, "<|user|>", "<|assistant|>", "<|system|>", "<unk>"]
@@ -71,10 +73,24 @@ def tiny_llama(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: i
 
 
 def build_tiny(cfg: TinyModelConfig, out_dir: Path, seed: int) -> Path:
-    """Build, save and return the directory of the tiny model and its tokenizer."""
+    """Build, save and return the directory of the tiny model and its tokenizer.
+
+    Written into a temporary directory next to ``out_dir`` and renamed into place,
+    so a kill mid-write leaves no ``out_dir/config.json`` (the test for "built")
+    and the next run builds it again instead of failing on a half-written one.
+    """
     tok = char_tokenizer()
     model = tiny_llama(cfg, tok, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():  # left by a killed build
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    except BaseException:  # a kill too (KeyboardInterrupt): nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out_dir)
     return out_dir

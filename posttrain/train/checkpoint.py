@@ -5,7 +5,22 @@ tokenizer in Hugging Face format plus ``trainer_state.pt`` (optimiser, scheduler
 RNG states and the recipe's own position in its data). It is written under a
 temporary name and renamed into place, and ``checkpoints/latest`` (a one-line file
 replaced atomically) names the newest complete one, so a kill mid-save leaves the
-previous checkpoint as ``latest``.
+previous checkpoint as ``latest``. A full disk during a save is one line naming the
+directory; the partial save is removed and the previous checkpoint stays ``latest``.
+
+``trainer_state.pt`` holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``: a checkpoint directory from elsewhere cannot run
+code on ``--resume``. What is not plain is converted on save and back on load
+(numpy's RNG state: its key array becomes an int64 tensor). A state file that would
+import anything else is refused in one line naming it. Files of the previous release,
+which pickled numpy's RNG state as an ndarray, are still read: numpy's array and dtype
+(and nothing more) are allowed for them.
+
+Resume picks the checkpoint ``latest`` names if it is loadable, else the newest
+loadable ``step_*``, saying so: a dangling or garbage pointer, or a truncated
+``model.safetensors`` or ``trainer_state.pt``, costs the steps since the older
+checkpoint, not the whole run. When checkpoints exist and none loads, that is one
+line naming the newest's broken file.
 
 Under torchrun (``posttrain.train.distributed``) every rank calls the same
 functions. ``dist.checkpoint=gathered`` gathers the full model and optimiser state
@@ -20,15 +35,20 @@ gathered Hugging Face directory (``save_final``).
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
+import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from safetensors import safe_open
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -42,12 +62,36 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from posttrain.errors import CheckpointError
 from posttrain.models.io import replace_dir, save_pretrained_atomic
 from posttrain.train import distributed
+from posttrain.train.metrics import console
 
 STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = 2  # 2: plain types only (weights_only); the previous release wrote no "format"
 SHARDS = "dcp"  # torch.distributed.checkpoint's directory inside a sharded checkpoint
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
+STEP_DIR = re.compile(r"step_\d+")
+
+try:
+    from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct  # type: ignore[attr-defined,no-redef]
+# What the previous release's state files import beyond torch's default allowlist: numpy's
+# RNG key array. Rebuilding an ndarray runs no code of the file's choosing.
+LEGACY_GLOBALS: list[Any] = [
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),  # the key's dtype, which the pickle builds (numpy.dtypes.UInt32DType)
+    _reconstruct,
+    (_reconstruct, "numpy.core.multiarray._reconstruct"),  # as numpy 1.x names it
+]
+LEGACY_NAMES = {
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+}
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -60,19 +104,60 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values (what ``weights_only`` loads)."""
+    np_state = cast(dict[str, Any], np.random.get_state(legacy=False))
+    numpy_plain = {
+        "bit_generator": str(np_state["bit_generator"]),
+        "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),  # uint32 values, exactly
+        "pos": int(np_state["state"]["pos"]),
+        "has_gauss": int(np_state["has_gauss"]),
+        "gauss": float(np_state["gauss"]),
+    }
+    state = {"python": random.getstate(), "numpy": numpy_plain, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # dropout on the GPU (LoRA's, a model's own) draws from these
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        np.random.set_state(
+            {
+                "bit_generator": np_state["bit_generator"],
+                "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                "has_gauss": np_state["has_gauss"],
+                "gauss": np_state["gauss"],
+            }
+        )
+    else:  # the previous release's tuple with an ndarray
+        np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _disk_full(e: BaseException) -> bool:
+    """An ENOSPC anywhere in the chain; torch and safetensors rewrap it, keeping the words."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen).lower()
+        if "no space left on device" in text or "storagefull" in text or "quota exceeded" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _check_plain(file: Path) -> None:
+    """Refuse to write a state that ``weights_only`` would not load: a bug, caught at the save, not the resume."""
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    if unsafe:
+        raise TypeError(f"the trainer state holds types weights_only=True does not load: {', '.join(unsafe)}")
 
 
 def save_checkpoint(
@@ -91,25 +176,58 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     state = {
+        "format": STATE_FORMAT,
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
         "extra": extra or {},
     }
-    torch.save(state, tmp / STATE_FILE)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        _check_plain(tmp / STATE_FILE)
+        _publish(root, tmp, final)
+    except Exception as e:
+        if not _disk_full(e):
+            raise
+        _undo_save(root, tmp, final)
+        raise CheckpointError(
+            f"no space left on device while saving step {step}; removed the partial save, "
+            f"{_kept(root)}; free space and resume with --resume",
+            file=str(root),
+        ) from None
+    _prune(root, keep)
+    return final
+
+
+def _publish(root: Path, tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` into place and point ``latest`` at it."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _write_text_atomic(root / "latest", final.name + "\n")
-    _prune(root, keep)
-    return final
+
+
+def _undo_save(root: Path, tmp: Path, final: Path) -> None:
+    """After a failed save: nothing of it left, ``latest`` as it was (freeing the space it took)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    (root / "latest.tmp").unlink(missing_ok=True)
+    pointer = root / "latest"
+    named = pointer.read_text(errors="replace").strip() if pointer.is_file() else ""
+    if final.exists() and named != final.name:  # renamed, but the pointer could not follow
+        shutil.rmtree(final, ignore_errors=True)
+
+
+def _kept(root: Path) -> str:
+    pointer = root / "latest"
+    named = pointer.read_text(errors="replace").strip() if pointer.is_file() else ""
+    return f"kept the previous checkpoint {named}" if named else "no earlier checkpoint"
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -118,12 +236,118 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_state(file: Path, mmap: bool = False) -> dict[str, Any]:
+    """``file`` loaded with ``weights_only=True``; one line naming it when it cannot or must not be."""
+    if not file.is_file():
+        raise CheckpointError(f"missing ({STATE_FILE} is written last: the save did not finish)", file=str(file))
+    if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a raw pickle is never ours
+        raise CheckpointError("truncated or not a trainer state (not a torch.save archive)", file=str(file))
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)  # reads opcodes, runs nothing
+    except Exception as e:
+        raise CheckpointError(f"truncated or not a trainer state ({_first_line(e)})", file=str(file)) from None
+    allowed: list[Any] = []
+    if unsafe and set(unsafe) <= LEGACY_NAMES:
+        allowed = LEGACY_GLOBALS  # the previous release's numpy RNG state
+    elif unsafe:
+        raise CheckpointError(
+            f"refusing to load: it would import {', '.join(unsafe)}, and a trainer state holds only "
+            "tensors and plain values (the file may carry code); resume only from checkpoints you trust",
+            file=str(file),
+        )
+    try:
+        with torch.serialization.safe_globals(allowed):
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        raise CheckpointError(f"truncated or not a trainer state ({_first_line(e)})", file=str(file)) from None
+    if not isinstance(state, dict) or not {"step", "scheduler", "rng"} <= set(state):
+        raise CheckpointError("not a trainer state (no step, scheduler and rng entries)", file=str(file))
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def _problem(path: Path) -> CheckpointError | None:
+    """Why ``path`` cannot be resumed from (None: it can); a refused payload is raised, not returned."""
+    try:
+        _read_state(path / STATE_FILE, mmap=True)
+    except CheckpointError as e:
+        if e.message.startswith("refusing"):
+            raise
+        return e
+    for name in ("config.json", "adapter_config.json"):
+        cfg = path / name
+        if cfg.is_file():
+            try:
+                json.loads(cfg.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                return CheckpointError(f"not valid JSON ({e})", file=str(cfg))
+    if is_sharded(path):
+        metadata = path / SHARDS / ".metadata"
+        return None if metadata.is_file() else CheckpointError("missing: the shards are incomplete", file=str(metadata))
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return CheckpointError("no weights (*.safetensors)", file=str(path))
+    for w in weights:
+        try:
+            with safe_open(str(w), "pt"):  # reads the header and checks the file covers every tensor
+                pass
+        except Exception as e:
+            return CheckpointError(f"truncated or not a safetensors file ({_first_line(e)})", file=str(w))
+    return None
+
+
+_said: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
+
+
+def _say(root: Path, message: str) -> None:
+    """Print ``message`` once per state of ``root`` (resume looks for the checkpoint twice)."""
+    listing = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir()))
+    if (message, listing) not in _said:
+        _said.add((message, listing))
+        console.print(f"[yellow]resume:[/] {message}", soft_wrap=True, highlight=False)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint to resume from: ``latest`` if loadable, else the newest loadable ``step_*``.
+
+    None when there is no checkpoint at all; a ``CheckpointError`` naming the broken
+    file when there are some and none loads, or when a state file carries code.
+    """
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and STEP_DIR.fullmatch(p.name)), reverse=True)
     pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    return path if (path / STATE_FILE).is_file() else None
+    named: Path | None = None
+    why_not_pointer = ""
+    if pointer.is_file():
+        text = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+        if STEP_DIR.fullmatch(text) and (root / text).is_dir():
+            named = root / text
+        else:
+            why_not_pointer = f"{pointer} names {text[:40]!r}, no checkpoint directory"
+    elif steps:
+        why_not_pointer = f"{pointer} is missing"
+    candidates = ([named] if named else []) + [p for p in steps if p != named]
+    problems: list[CheckpointError] = []
+    for path in candidates:
+        problem = _problem(path)
+        if problem is None:
+            skipped = ([why_not_pointer] if why_not_pointer else []) + [p.render() for p in problems]
+            if skipped:
+                _say(root, f"{'; '.join(skipped)}; resuming from the newest loadable checkpoint {path.name}")
+            return path
+        problems.append(problem)
+    if problems:
+        first = problems[0]
+        raise CheckpointError(
+            f"{first.message}; no loadable checkpoint under {root} (run without --resume to start over)",
+            file=first.file,
+        )
+    if why_not_pointer:
+        _say(root, f"{why_not_pointer}, and no step_* directory: starting from step 0")
+    return None
 
 
 def load_trainer_state(
@@ -134,7 +358,7 @@ def load_trainer_state(
     Under torchrun pass ``model`` (the HF model, wrapped or sharded in place): the
     optimiser state is set through it, and a sharded checkpoint loads the weights too.
     """
-    state = torch.load(path / STATE_FILE, weights_only=False)
+    state = _read_state(path / STATE_FILE)
     if distributed.active():
         assert model is not None, "a distributed resume restores the optimiser through the model"
         _load_distributed(path, state, model, optimizer)
@@ -217,7 +441,8 @@ def _save_distributed(
         tmp.mkdir()
     distributed.barrier()
     rngs = distributed.gather_objects(rng_state())
-    state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "rng": rngs[0], "extra": extra}
+    state: dict[str, Any] = {"format": STATE_FORMAT, "step": step, "scheduler": scheduler.state_dict()}
+    state.update(rng=rngs[0], extra=extra)
     state.update(rng_by_rank=rngs, world_size=distributed.world())
     if sharded:
         shards, optim = get_state_dict(model, optimizer)
@@ -234,6 +459,7 @@ def _save_distributed(
             model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
+        _check_plain(tmp / STATE_FILE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -2,7 +2,8 @@
 
 One JSON record per optimiser step, flushed as written, so a killed run keeps
 every step it finished. On resume the file is cut back to the checkpoint's step
-first, so steps after the checkpoint are not recorded twice.
+first, so steps after the checkpoint are not recorded twice; a torn last line
+(a kill in the middle of a write) is dropped there, saying so.
 
 Under torchrun only rank 0 writes: the writer of any other rank drops every
 record (the recipes log numbers already summed over ranks), and those ranks'
@@ -20,6 +21,8 @@ from typing import IO, Any
 import torch.distributed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from posttrain.errors import DataError
 
 console = Console(stderr=True)
 
@@ -58,9 +61,31 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of ``path``; a torn last line (a kill mid-write) is dropped, saying so.
+
+    Anything else that does not parse is one line naming the file and line.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    records: list[dict[str, Any]] = []
+    for n, (i, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(numbered) - 1:
+                console.print(
+                    f"{path}:{i}: dropped a torn last record (the run was killed while writing it)",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                break
+            raise DataError(f"not a JSON record: {e.msg}", file=str(path), line=i) from None
+        if not isinstance(record, dict):
+            raise DataError("not a JSON object", file=str(path), line=i)
+        records.append(record)
+    return records
 
 
 def progress() -> Progress:
