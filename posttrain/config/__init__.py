@@ -411,7 +411,7 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     need(s.top_k >= 0, "sampling.top_k", "must be >= 0")
     need(e.sampling.top_k >= 0, "eval.sampling.top_k", "must be >= 0")
     need(e.samples_per_problem > 0, "eval.samples_per_problem", "must be > 0")
-    need(e.num_problems > 0, "eval.num_problems", "must be > 0")
+    need(e.num_problems >= 0, "eval.num_problems", "must be >= 0 (0: every problem of the file)")
     a = cfg.data.arithmetic
     need(a.num_operands >= 2, "data.arithmetic.num_operands", "must be >= 2")
     need(1 <= a.digits <= 6, "data.arithmetic.digits", "must be in [1, 6]")

@@ -60,6 +60,13 @@ class DataConfig:
     train_fraction: float = 1.0  # share of the demonstrations used: a seeded subset
     min_demo_tokens: int = 0  # drop demonstrations whose completion is shorter
     max_demo_tokens: int = 0  # drop demonstrations whose completion is longer; 0: no limit
+    # string prompts through the chat template, as a user turn (auto: when the tokenizer brings a template of
+    # its own; the built-in tiny tokenizer's minimal one does not count); see posttrain/tasks/prompting.py
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    system_prompt: str | None = None  # a system turn before every prompt (raw text mode: a paragraph before it)
+    prompt_template: str | None = None  # string prompts rewritten, e.g. "{question}\nAnswer with a number."
+    # SFT on {messages} rows: every assistant turn is a target, or only the last (earlier ones are context)
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ class EvalConfig:
     ``reward.timeout_s``) are the ones training uses.
     """
 
-    num_problems: int = 200
+    num_problems: int = 0  # test problems; 0: every one of a file (200 of the built-in generated task)
     samples_per_problem: int = 16
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how evaluation samples are drawn
     heldout_demos: int = 200  # demonstrations for held-out NLL; 0 skips it

@@ -1,7 +1,9 @@
 """Evaluation of one model: many samples per held-out problem, scored honestly, cached.
 
 For each checkpoint: ``eval.samples_per_problem`` (n) samples of each of
-``eval.num_problems`` test problems at the evaluation temperature give pass@k for
+``eval.num_problems`` test problems (a seeded sample of the task's test split, or
+all of it when there are fewer; the record says how many it used, of how many, from
+which file) at the evaluation temperature give pass@k for
 every power of two k <= n (unbiased estimator) and maj@k, with bootstrap
 intervals over problems; one greedy sample per problem gives greedy accuracy;
 the held-out demonstrations give the mean per-token NLL (the generalisation loss
@@ -66,6 +68,26 @@ def heldout_nll_terms(
     return terms
 
 
+GENERATED_PROBLEMS = 200  # eval.num_problems=0 on a task generated on demand (it has no "all")
+
+
+def eval_problems(task: Task, num_problems: int, seed: int) -> list[Example]:
+    """``num_problems`` test problems drawn with ``seed``; 0: all of a file's, 200 of a generated task's."""
+    if num_problems == 0 and not callable(getattr(task, "count", None)):
+        num_problems = GENERATED_PROBLEMS
+    return task.examples("test", num_problems or None, seed)
+
+
+def problems_record(task: Task, problems: list[Example]) -> dict[str, Any]:
+    """How many problems the evaluation used, of how many its test data holds, and where they came from."""
+    count = getattr(task, "count", None)
+    return {
+        "num_problems_used": len(problems),
+        "num_problems_available": count("test") if callable(count) else None,  # None: generated on demand
+        "eval_file": getattr(task, "test_file", None),  # None: the built-in task
+    }
+
+
 def heldout_demos(task: Task, n: int, seed: int) -> list[Example]:
     return [ex for ex in task.examples("test", n, seed) if ex.completion is not None] if n else []
 
@@ -93,7 +115,9 @@ def draw_samples(
     return rows
 
 
-def greedy_samples(engine: RolloutEngine, prompts: list[list[int]], ecfg: EvalConfig, cache: SampleCache) -> list[Sample]:
+def greedy_samples(
+    engine: RolloutEngine, prompts: list[list[int]], ecfg: EvalConfig, cache: SampleCache
+) -> list[Sample]:
     found = cache.value("greedy")
     if found is None or len(found) != len(prompts):
         found = _records(engine.generate(prompts, SamplingParams(0.0, 1.0, 0, ecfg.sampling.max_new_tokens)))
@@ -202,7 +226,7 @@ def evaluate_model(
     given and ``eval.cache`` is on.
     """
     ecfg, batch_size = cfg.eval, cfg.engine.batch_size
-    problems = task.examples("test", ecfg.num_problems, cfg.seed)
+    problems = eval_problems(task, ecfg.num_problems, cfg.seed)
     if not problems:
         raise DataError("the test split is empty: nothing to evaluate", file=getattr(task, "path", task.name))
     ctx = context_length(model)
@@ -228,4 +252,5 @@ def evaluate_model(
         cache.save_value(name, terms)
     result.update(heldout_summary([(float(s), int(t)) for s, t in terms], seed))
     result.update({"temperature": ecfg.sampling.temperature, "model_hash": cache.key["model"], "checker": checker.key})
+    result.update(problems_record(task, problems))
     return result

@@ -44,12 +44,16 @@ def _headline(name: str, r: dict[str, Any]) -> str:
     return text
 
 
-def evaluate_dirs(cfg: Config, models: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Evaluate each named model directory on the same problems and samples settings."""
-    task = make_task(cfg.data)
+def evaluate_dirs(cfg: Config, models: dict[str, str], whole_file: bool = False) -> dict[str, dict[str, Any]]:
+    """Evaluate each named model directory on the same problems and samples settings.
+
+    ``whole_file`` (``posttrain eval``): without ``data.eval_path`` every row of ``data.path``
+    is a test problem. The pipeline, compare and predict keep the split their training used.
+    """
     results = {}
     for name, path in models.items():
         tokenizer = load_tokenizer(path)
+        task = make_task(cfg.data, tokenizer, whole_file=whole_file)  # each model's own chat template
         model = load_model(path, cfg.model.dtype, cfg.model.device)
         engine = build_engine(cfg, model, tokenizer, path)  # engine.backend: the in-process sampler, Ray or vLLM
         try:
@@ -67,7 +71,7 @@ def run_eval(cfg: Config) -> dict[str, dict[str, Any]]:
     models = dict(cfg.eval.models) or ({"model": cfg.model.path} if cfg.model.path else {})
     if not models:
         raise DataError("nothing to evaluate: set model.path or eval.models", file="command line", field="model.path")
-    results = evaluate_dirs(cfg, models)
+    results = evaluate_dirs(cfg, models, whole_file=True)
     write_results(out, results)
     return results
 

@@ -12,12 +12,14 @@ from posttrain.config import Config
 from posttrain.data.tokenize import check_length, encode_prompt
 from posttrain.errors import DataError
 from posttrain.eval.checking import TaskChecker
+from posttrain.eval.sampling import eval_problems
 from posttrain.models.io import context_length, load_model, load_tokenizer
 from posttrain.recipes.common import model_dir, setup
 from posttrain.rollout.base import SamplingParams
 from posttrain.rollout.factory import build_engine
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Example
+from posttrain.tasks.prompting import styled_prompt
 from posttrain.tasks.registry import make_task
 from posttrain.train.metrics import console
 
@@ -32,11 +34,14 @@ def run_generate(cfg: Config, prompts: list[str] | None = None) -> list[dict[str
     cfg = model_dir(cfg)
     tokenizer = load_tokenizer(cfg.model.path)  # type: ignore[arg-type]
     model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)  # type: ignore[arg-type]
-    task = make_task(cfg.data)
-    if prompts:
-        examples = [Example(id=f"prompt-{i}", prompt=p, source=f"command line:{i + 1}") for i, p in enumerate(prompts)]
+    task = make_task(cfg.data, tokenizer, whole_file=not prompts)
+    if prompts:  # as a chat model expects them: its template and data.system_prompt
+        examples = [
+            Example(id=f"prompt-{i}", prompt=styled_prompt(task, p), source=f"command line:{i + 1}")
+            for i, p in enumerate(prompts)
+        ]
     else:
-        examples = task.examples("test", cfg.eval.num_problems, cfg.seed)
+        examples = eval_problems(task, cfg.eval.num_problems, cfg.seed)
     if not examples:
         raise DataError("no prompts to generate for", file=cfg.data.path or cfg.data.task)
     ids = [encode_prompt(tokenizer, task.prompt(ex)) for ex in examples]

@@ -204,7 +204,7 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
     state = load_trainer_state(ckpt, optimizer, scheduler, model) if ckpt else {"step": 0}
     start: int = state["step"]
     extra: dict[str, Any] = dict(state.get("extra", {}))  # type: ignore[arg-type]
-    task = make_task(cfg.data)
+    task = make_task(cfg.data, tokenizer)  # the chat template, when the model has one
     last: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:  # the engine and the scorer are closed also when the run fails
         scorer = _open_scorer(cfg, task, stack)  # first: a reward that cannot load fails before any engine starts

@@ -22,9 +22,9 @@ from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.sft import sft_loss
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DataConfig, TrainConfig
-from posttrain.data.batch import TokenBatch, collate, length_buckets, packed_micro_batches
+from posttrain.data.batch import TokenBatch, collate, length_buckets, packed_micro_batches, per_token
 from posttrain.data.order import step_rows
-from posttrain.data.tokenize import encode_example
+from posttrain.data.tokenize import encode_demo
 from posttrain.device import precision
 from posttrain.errors import DataError
 from posttrain.recipes.common import train_examples_count
@@ -36,9 +36,11 @@ from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
 
+Demo = tuple[list[int], list[int], list[float]]  # prompt ids, completion ids, a loss weight per completion token
 
-def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[tuple[list[int], list[int]]]:
-    task = make_task(cfg.data)
+
+def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[Demo]:
+    task = make_task(cfg.data, tokenizer)
     examples = task.examples("train", train_examples_count(cfg.data), cfg.seed)
     demos = [ex for ex in examples if ex.completion is not None]
     if not demos:
@@ -47,13 +49,11 @@ def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[tup
             file=cfg.data.path or cfg.data.task,
             field="completion",
         )
-    encoded = [encode_example(tokenizer, ex, max_len) for ex in demos]
+    encoded = [encode_demo(tokenizer, ex, max_len) for ex in demos]  # every assistant turn, or the last
     return select_demonstrations(encoded, cfg.data, cfg.seed, cfg.data.path or cfg.data.task)
 
 
-def select_demonstrations(
-    pairs: list[tuple[list[int], list[int]]], data: DataConfig, seed: int, label: str
-) -> list[tuple[list[int], list[int]]]:
+def select_demonstrations(pairs: list[Demo], data: DataConfig, seed: int, label: str) -> list[Demo]:
     """The demonstrations SFT trains on: a completion-length filter, then a seeded ``train_fraction`` subset.
 
     Lengths count completion tokens including the end-of-sequence token. The
@@ -75,6 +75,15 @@ def select_demonstrations(
     return kept
 
 
+def demo_batch(data: list[Demo], rows: list[int], pad: int) -> TokenBatch:
+    """The rows as one padded batch whose response mask carries each token's loss weight (0 between turns)."""
+    prompts, completions = [data[i][0] for i in rows], [data[i][1] for i in rows]
+    batch = collate(prompts, completions, pad)
+    weights = per_token([data[i][2] for i in rows], [len(p) for p in prompts], batch.response_mask.shape[1])
+    batch.response_mask = batch.response_mask * weights
+    return batch
+
+
 def sft_steps(train: TrainConfig, steps_per_epoch: int) -> int:
     """Optimiser steps: ``train.epochs`` passes over the data when set, else ``train.max_steps``."""
     return max(1, round(train.epochs * steps_per_epoch)) if train.epochs > 0 else train.max_steps
@@ -85,7 +94,7 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     (cfg, out, ckpt, tokenizer, model, max_len), net = open_training(cfg, resume)
     distributed.check_divisible(cfg.train.batch_size, "train.batch_size")
     data = load_demonstrations(cfg, tokenizer, max_len)
-    lengths = [len(p) + len(c) for p, c in data]
+    lengths = [len(p) + len(c) for p, c, _ in data]
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
     steps_per_epoch = len(data) // bs
     if steps_per_epoch == 0:
@@ -116,12 +125,9 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
             if distributed.active():
                 rows = distributed.shard(sorted(rows, key=lambda i: lengths[i]))
             if cfg.train.packing:  # the step's rows end to end instead of padded
-                micro = packed_micro_batches(collate([data[i][0] for i in rows], [data[i][1] for i in rows], pad), mbs)
+                micro = packed_micro_batches(demo_batch(data, rows, pad), mbs)
             else:
-                micro = [
-                    collate([data[i][0] for i in b], [data[i][1] for i in b], pad)
-                    for b in length_buckets(lengths, rows, mbs)
-                ]
+                micro = [demo_batch(data, b, pad) for b in length_buckets(lengths, rows, mbs)]
             count = float(sum(mb.response_mask.sum() for mb in micro))
             t0 = time.perf_counter()
             stats = optimizer_step(net, optimizer, scheduler, micro, loss_fn, count, cfg.train.grad_clip)

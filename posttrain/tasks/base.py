@@ -20,10 +20,13 @@ Split = Literal["train", "test"]
 @dataclass(frozen=True)
 class Example:
     id: str
-    prompt: Prompt  # plain text, or chat messages that end before the assistant's reply
+    prompt: Prompt  # plain text, or chat messages that end before the assistant's reply; "" for a {text} row
     answer: str | None = None  # the gold final answer, for verification
     completion: str | None = None  # a demonstration (SFT target, held-out NLL)
     source: str | None = None  # "file:line" of the row this came from, for error messages
+    # SFT: the assistant turns inside ``prompt`` are targets too (a {messages} row under
+    # data.train_on: all_assistant; see posttrain.data.tokenize.encode_demo)
+    train_prompt_replies: bool = False
 
 
 class Task(Protocol):

@@ -3,7 +3,13 @@
 ``data.format`` picks how the jsonl task reads a row (file reading, splits and
 error reporting are ``posttrain.tasks.rows``'s):
 
-- ``plain``: ``{prompt, answer}``, ``{prompt, completion}`` or ``{messages}``.
+- ``plain``: ``{prompt, answer}``, ``{prompt, completion}``, ``{messages}`` or
+  ``{text}``. ``prompt`` and ``completion`` may be conversations (TRL's
+  conversational prompt-completion shape): ``prompt`` a message list (or a string,
+  then one user turn), ``completion`` one assistant message. A ``{messages}`` row's
+  reply is its last message; its earlier assistant turns are SFT targets too under
+  ``data.train_on: all_assistant`` (``Example.train_prompt_replies``). A ``{text}``
+  row is plain language modelling: an empty prompt and the text as the completion.
 - ``gsm8k``: ``{question, answer}`` where ``answer`` is the worked solution ending
   in ``#### 72``. Gold = the text after the last ``####`` (thousands commas
   dropped); demonstration = the solution without its ``<<48/2=24>>`` calculator
@@ -13,7 +19,8 @@ error reporting are ``posttrain.tasks.rows``'s):
   solution (braces matched, so ``\\boxed{\\frac{1}{2}}`` is read whole);
   demonstration = the solution.
 - ``mc``: ``{question, choices, answer}``. ``choices`` is a list (lettered A, B,
-  ... in order), a mapping letter -> text, or ARC's ``{label: [...], text: [...]}``;
+  ... in order), a mapping letter -> text, ARC's ``{label: [...], text: [...]}``, or
+  one string of labelled options (``"A) 12 B) 15"``, ``"(a) 12, (b) 15"``, one a line);
   the answer is a letter or a 0-based index (MMLU), in ``answer`` or ARC's
   ``answerKey``. Prompt = question, lettered options and ``Answer:``; gold = the
   letter.
@@ -30,12 +37,12 @@ from collections.abc import Callable
 from typing import Any
 
 from posttrain.tasks.base import Message, Prompt
-from posttrain.tasks.rows import RowError, answer_field, message_list, string_field, type_name
+from posttrain.tasks.rows import RowError, answer_field, message_list, reply_field, string_field, type_name
 from posttrain.tasks.verifiers import Verifier
 
 RowParser = Callable[[Any, Verifier], tuple[Prompt, str | None, str | None]]
 
-SHAPES = "{prompt, answer}, {prompt, completion} or {messages}"
+SHAPES = "{prompt, answer}, {prompt, completion}, {messages} or {text}"
 DEFAULT_VERIFIER = {"plain": "last_number", "gsm8k": "last_number", "math": "math_verify", "mc": "choice"}
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -71,13 +78,23 @@ def parse_plain(row: Any, verifier: Verifier) -> tuple[Prompt, str | None, str |
             raise RowError("prompt", "a row has either 'prompt' or 'messages', not both")
         prompt, completion = _messages(row)
     elif "prompt" in row:
-        prompt = string_field(row, "prompt")
+        if isinstance(row["prompt"], list):
+            prompt = message_list(row["prompt"], "prompt")
+        else:
+            prompt = string_field(row, "prompt")
         if "completion" in row:
-            completion = string_field(row, "completion")
+            completion, chat = reply_field(row, "completion", SHAPES)
+            if chat and isinstance(prompt, str):
+                prompt = [{"role": "user", "content": prompt}]
         elif "answer" in row:
             completion = None
         else:
             raise RowError("answer", f"missing field 'answer' (expected {SHAPES})")
+    elif "text" in row:
+        text = string_field(row, "text")
+        if not text.strip():
+            raise RowError("text", "the text is empty")
+        return "", None, text  # language modelling: nothing to ask, nothing to verify
     else:
         raise RowError("prompt", f"missing field 'prompt' (expected {SHAPES})")
     answer = answer_field(row)
@@ -158,6 +175,10 @@ def _choices(row: dict[str, Any]) -> list[tuple[str, str]]:
         pairs = list(zip(labels, texts))
     elif isinstance(value, dict):
         pairs = list(value.items())
+    elif isinstance(value, str):
+        pairs = _split_options(value)
+        if len(pairs) < 2:
+            raise RowError("choices", "expected labelled options in the string, such as 'A) 12 B) 15'")
     elif isinstance(value, list):
         if len(value) > len(_LETTERS):
             raise RowError("choices", f"at most {len(_LETTERS)} options, got {len(value)}")
@@ -170,6 +191,28 @@ def _choices(row: dict[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(label, str) or not isinstance(text, str):
             raise RowError(f"choices[{i}]", "expected a letter and a string for each option")
     return [(str(label).strip().upper(), str(text)) for label, text in pairs]
+
+
+def _option_label(letter: str) -> re.Pattern[str]:
+    # "A)", "(A)", "A.", "A:" at the start or after whitespace or a separator
+    return re.compile(rf"(?:^|(?<=[\s,;]))\(?({letter})\s?[).:]")
+
+
+def _split_options(text: str) -> list[tuple[str, str]]:
+    """(letter, text) of the options in one string. Labels must run A, B, C, ... in order (one case
+    throughout), so a letter inside an option is not taken for the next label."""
+    first = _option_label("[Aa]").search(text)
+    if first is None:
+        return []
+    letters = _LETTERS if first.group(1).isupper() else string.ascii_lowercase
+    marks = [first]
+    for letter in letters[1:]:
+        found = _option_label(letter).search(text, marks[-1].end())
+        if found is None:
+            break
+        marks.append(found)
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [(m.group(1), text[m.end() : end].strip().rstrip(",;").strip()) for m, end in zip(marks, ends)]
 
 
 def _gold_letter(row: dict[str, Any], letters: list[str]) -> str:

@@ -1,11 +1,21 @@
-"""Preference data: ``{prompt, chosen, rejected}`` rows from JSONL, Parquet or a datasets directory.
+r"""Preference data: ``{prompt, chosen, rejected}`` rows from JSONL, Parquet or a datasets directory.
 
-Two row shapes, which may be mixed within a file::
+Four row shapes, which may be mixed within a file::
 
     {"prompt": "2+2=?", "chosen": "#4", "rejected": "#5"}
     {"prompt": [{"role": "user", "content": "2+2=?"}],
      "chosen": [{"role": "assistant", "content": "#4"}],
      "rejected": [{"role": "assistant", "content": "#5"}]}
+    {"chosen": "\n\nHuman: 2+2=?\n\nAssistant: 4", "rejected": "\n\nHuman: 2+2=?\n\nAssistant: 5"}
+    {"chosen": [{"role": "user", ...}, {"role": "assistant", "content": "4"}],
+     "rejected": [{"role": "user", ...}, {"role": "assistant", "content": "5"}]}
+
+The last two have an implicit prompt (HH-RLHF's shape). For strings it is the
+longest common prefix of chosen and rejected that ends at a ``"\n\nAssistant:"``
+turn boundary, the text up to and including the last such marker they share; the
+replies are what follows it (their leading space included). For conversations it
+is the messages the two share, and each must go on with exactly one assistant
+message.
 
 A row with a message list anywhere is rendered with the tokenizer's chat template
 (a plain-text prompt then becomes one user message); a row of strings is plain
@@ -17,6 +27,7 @@ given, else the ``test`` split of a ``DatasetDict``, else a stable hash of each 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +36,21 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from posttrain.data.pairs import EncodedPair
 from posttrain.data.tokenize import encode_example
 from posttrain.errors import DataError
-from posttrain.tasks.base import Example, Prompt, Split
-from posttrain.tasks.rows import RowError, Rows, load_splits, message_list, parse_rows, string_field, type_name
+from posttrain.tasks.base import Example, Message, Prompt, Split
+from posttrain.tasks.rows import (
+    RowError,
+    Rows,
+    load_splits,
+    message_list,
+    parse_rows,
+    reply_field,
+    string_field,
+    type_name,
+)
 
 SHAPE = "{prompt, chosen, rejected}"
+SHAPES = "{prompt, chosen, rejected} or {chosen, rejected}"  # with an implicit prompt
+TURN = "\n\nAssistant:"  # where an implicit prompt of string rows ends
 
 
 @dataclass(frozen=True)
@@ -40,33 +62,61 @@ class PreferencePair:
     source: str  # "file:line" of the row, for error messages
 
 
-def _response(row: dict[str, Any], key: str) -> tuple[str, bool]:
-    """(reply text, whether the row gave it as messages)."""
-    if key not in row:
-        raise RowError(key, f"missing field {key!r} (expected {SHAPE})")
-    value = row[key]
-    if isinstance(value, str):
-        return value, False
-    if not isinstance(value, list):
-        raise RowError(key, f"expected a string or a list of messages, got {type_name(value)}")
-    messages = message_list(value, key)
-    if len(messages) != 1:
-        raise RowError(key, f"expected the assistant's reply as one message, got {len(messages)} messages")
-    if messages[0]["role"] != "assistant":
-        raise RowError(f"{key}[0].role", f"expected role 'assistant', got {messages[0]['role']!r}")
-    return messages[0]["content"], True
+def _implicit_text(chosen: str, rejected: str) -> tuple[Prompt, str, str]:
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = shared.rfind(TURN)
+    if cut < 0:
+        raise RowError(
+            "chosen",
+            f"no 'prompt' field, and chosen and rejected share no prefix ending in {TURN!r} to take as the prompt",
+        )
+    end = cut + len(TURN)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def _implicit_messages(chosen: list[Message], rejected: list[Message]) -> tuple[Prompt, str, str]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise RowError(
+            "chosen", "no 'prompt' field, and chosen and rejected share no opening message to take as the prompt"
+        )
+    for key, messages in (("chosen", chosen), ("rejected", rejected)):
+        if len(messages) != n + 1:
+            raise RowError(
+                key,
+                f"expected one assistant reply after the {n} messages chosen and rejected share, got {len(messages) - n}",
+            )
+        if messages[n]["role"] != "assistant":
+            raise RowError(f"{key}[{n}].role", f"expected role 'assistant', got {messages[n]['role']!r}")
+    return chosen[:n], chosen[n]["content"], rejected[n]["content"]
+
+
+def _implicit_pair(row: dict[str, Any]) -> tuple[Prompt, str, str]:
+    """(prompt, chosen reply, rejected reply) of a row without a prompt (see the module docstring)."""
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise RowError(key, f"missing field {key!r} (expected {SHAPES})")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, list) or isinstance(rejected, list):
+        for key in ("chosen", "rejected"):
+            if not isinstance(row[key], list):
+                raise RowError(key, f"expected a list of messages like the other reply, got {type_name(row[key])}")
+        return _implicit_messages(message_list(chosen, "chosen"), message_list(rejected, "rejected"))
+    return _implicit_text(string_field(row, "chosen"), string_field(row, "rejected"))
 
 
 def _parse_pair(row: Any) -> tuple[Prompt, str, str]:
     if not isinstance(row, dict):
         raise RowError(None, f"expected a JSON object, got {type_name(row)}")
     if "prompt" not in row:
-        raise RowError("prompt", f"missing field 'prompt' (expected {SHAPE})")
+        return _implicit_pair(row)
     prompt: Prompt = row["prompt"] if isinstance(row["prompt"], list) else string_field(row, "prompt")
     if isinstance(prompt, list):
         prompt = message_list(prompt, "prompt")
-    chosen, chat_c = _response(row, "chosen")
-    rejected, chat_r = _response(row, "rejected")
+    chosen, chat_c = reply_field(row, "chosen", SHAPE)
+    rejected, chat_r = reply_field(row, "rejected", SHAPE)
     if isinstance(prompt, str) and (chat_c or chat_r):
         prompt = [{"role": "user", "content": prompt}]
     return prompt, chosen, rejected

@@ -7,7 +7,8 @@ raw rows; a row parser (``posttrain.tasks.formats`` for tasks,
 and field. ``load_splits`` is the one split rule: ``eval_path`` when given, else the
 ``test`` split of a ``DatasetDict``, else a stable hash of each prompt
 (``in_test_split``): disjoint from train, the same on every run and machine, and the
-same for repeated prompts.
+same for repeated prompts. A file given for evaluation alone (``whole=True``, as
+``posttrain eval data.path=test.jsonl``) is not split: every row is a test row.
 """
 
 from __future__ import annotations
@@ -173,6 +174,23 @@ def message_list(value: Any, name: str) -> list[Message]:
     return messages
 
 
+def reply_field(row: dict[str, Any], key: str, shape: str) -> tuple[str, bool]:
+    """(reply text, whether the row gave it as messages) of a string or a one-message assistant list."""
+    if key not in row:
+        raise RowError(key, f"missing field {key!r} (expected {shape})")
+    value = row[key]
+    if isinstance(value, str):
+        return value, False
+    if not isinstance(value, list):
+        raise RowError(key, f"expected a string or a list of messages, got {type_name(value)}")
+    messages = message_list(value, key)
+    if len(messages) != 1:
+        raise RowError(key, f"expected the assistant's reply as one message, got {len(messages)} messages")
+    if messages[0]["role"] != "assistant":
+        raise RowError(f"{key}[0].role", f"expected role 'assistant', got {messages[0]['role']!r}")
+    return messages[0]["content"], True
+
+
 def parse_rows(rows: Rows, parse: Callable[[Any], T]) -> list[tuple[int, T]]:
     """(line, ``parse(row)``) of every row; the first ``RowError`` becomes a DataError naming its file and line."""
     out: list[tuple[int, T]] = []
@@ -204,9 +222,19 @@ def load_splits(
     test_fraction: float,
     records: Callable[[Rows], list[T]],
     prompt: Callable[[T], Prompt],
+    whole: bool = False,
 ) -> dict[Split, list[T]]:
-    """``records`` of every row of ``path`` split into ``train`` and ``test`` (see the module docstring)."""
+    """``records`` of every row of ``path`` split into ``train`` and ``test`` (see the module docstring).
+
+    ``whole``: without ``eval_path``, ``path`` is the evaluation file: its rows (a
+    ``DatasetDict``'s ``test`` split when it has one) are all test rows, and there are
+    no train rows but that ``DatasetDict``'s ``train`` split.
+    """
     data = read_rows(path)
+    if whole and eval_path is None:
+        if "test" in data:
+            return {"train": records(data["train"]), "test": records(data["test"])}
+        return {"train": [], "test": records(data["train"])}
     train = records(data["train"])
     if eval_path is not None:
         # a held-out DatasetDict contributes its test split when it has one

@@ -158,7 +158,8 @@ def test_math_verify_judge_and_check_raise_on_a_gold_that_does_not_parse() -> No
         ("mc", {"question": "Q", "choices": ["x", "y"], "answer": 5}, "answer", "index 5 is out of range"),
         ("mc", {"question": "Q", "choices": ["x", "y"], "answer": "E"}, "answer", "expected one of A, B"),
         ("mc", {"question": "Q", "choices": ["x"], "answer": "A"}, "choices", "at least two options"),
-        ("mc", {"question": "Q", "choices": "x,y", "answer": "A"}, "choices", "expected a list or a mapping"),
+        ("mc", {"question": "Q", "choices": "x,y", "answer": "A"}, "choices", "expected labelled options"),
+        ("mc", {"question": "Q", "choices": 3, "answer": "A"}, "choices", "expected a list or a mapping"),
         ("mc", {"question": "Q", "choices": ["x", 2], "answer": "A"}, "choices[1]", "a letter and a string"),
         ("mc", {"question": "Q", "answer": "A"}, "choices", "missing field 'choices'"),
     ],
@@ -194,3 +195,38 @@ def test_auto_verifier_follows_the_format_and_an_explicit_one_wins(tmp_path: Pat
     assert JsonlTask(path, format="gsm8k").verifier.name == "last_number"
     assert JsonlTask(write(tmp_path, [{"prompt": "Q", "answer": "1"}], "p.jsonl")).verifier.name == "last_number"
     assert JsonlTask(path, verifier="math_verify", format="gsm8k").verifier.name == "math_verify"
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("A) 12 B) 15 C) 18", ["12", "15", "18"]),
+        ("a ) 38 , b ) 27.675 , c ) data inadequate", ["38", "27.675", "data inadequate"]),  # MathQA
+        ("(A) vitamin C (B) iron\n(C) zinc", ["vitamin C", "iron", "zinc"]),  # a letter inside an option
+        ("A. one\nB. two", ["one", "two"]),
+        ("A: x; B: y", ["x", "y"]),
+    ],
+)
+def test_mc_options_in_one_string(tmp_path: Path, options: str, expected: list[str]) -> None:
+    task = load(write(tmp_path, [{"question": "Which?", "options": options, "answer": "b"}]), "mc")
+    [ex] = task.examples("test", None, 0)
+    letters = "ABC"[: len(expected)]
+    assert ex.prompt == "\n".join(["Which?", *(f"{k}. {t}" for k, t in zip(letters, expected)), "Answer:"])
+    assert ex.answer == "B"
+    assert task.verify(ex, "The answer is (B).") == 1.0
+
+
+def test_the_real_gsm8k_slice(tmp_path: Path) -> None:
+    """The first rows of GSM8K's test file as they are (tests/fixtures/README.md)."""
+    path = str(FIXTURES / "gsm8k_test_4.jsonl")
+    task = JsonlTask(path, format="gsm8k", eval_path=path)
+    rows = task.examples("test", None, 0)
+    assert [ex.answer for ex in rows] == ["18", "3", "70000", "540"]
+    assert all(isinstance(ex.prompt, str) and ex.prompt.endswith("?\n") for ex in rows)
+    assert all(
+        ex.completion and "<<" not in ex.completion and ex.completion.endswith(f"#### {ex.answer}") for ex in rows
+    )
+    assert [task.verify(ex, f"so the answer is {ex.answer}") for ex in rows] == [1.0] * 4

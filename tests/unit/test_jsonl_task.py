@@ -264,7 +264,7 @@ def test_unknown_verifier(tmp_path: Path) -> None:
 
 # --- bad input -------------------------------------------------------------------
 
-SHAPES = "(expected {prompt, answer}, {prompt, completion} or {messages})"
+SHAPES = "(expected {prompt, answer}, {prompt, completion}, {messages} or {text})"
 GOOD = json.dumps({"prompt": "p", "answer": "1"})
 
 
@@ -280,7 +280,14 @@ GOOD = json.dumps({"prompt": "p", "answer": "1"})
         ('{"prompt": "p"}', f"answer: missing field 'answer' {SHAPES}"),
         ('{"prompt": 7, "answer": "1"}', "prompt: expected a string, got int"),
         ('{"prompt": null, "answer": "1"}', "prompt: expected a string, got null"),
-        ('{"prompt": "p", "completion": ["a"]}', "completion: expected a string, got list"),
+        ('{"prompt": "p", "completion": ["a"]}', "completion[0]: expected a {role, content} object, got str"),
+        ('{"prompt": "p", "completion": 3}', "completion: expected a string or a list of messages, got int"),
+        (
+            '{"prompt": "p", "completion": [{"role": "user", "content": "a"}]}',
+            "completion[0].role: expected role 'assistant', got 'user'",
+        ),
+        ('{"text": ""}', "text: the text is empty"),
+        ('{"text": 4}', "text: expected a string, got int"),
         ('{"prompt": "p", "answer": true}', "answer: expected a string or a number, got bool"),
         ('{"prompt": "p", "answer": {"value": 1}}', "answer: expected a string or a number, got dict"),
         ('{"messages": "hi"}', "messages: expected a list of {role, content} objects, got str"),
@@ -383,3 +390,70 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"this is not parquet")
     assert str(load_error(str(path))).startswith(f"{path}: cannot read Parquet: ")
+
+
+# --- TRL's shapes: {text}, conversational prompt-completion, multi-turn {messages} --------
+
+
+def test_text_rows_are_language_modelling(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "lm.jsonl", [{"text": f"Sentence number {i}."} for i in range(100)])
+    task = JsonlTask(path)
+    rows = all_rows(task)
+    assert {(r.prompt, r.answer) for r in rows} == {("", None)}
+    assert sorted(r.completion or "" for r in rows) == sorted(f"Sentence number {i}." for i in range(100))
+    assert 0 < task.count("test") < 30  # split by each row's text, not all in one split by the empty prompt
+
+
+def test_conversational_prompt_completion_rows(tmp_path: Path) -> None:
+    user = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"}]
+    reply = [{"role": "assistant", "content": "4"}]
+    path = write_jsonl(
+        tmp_path / "conv.jsonl",
+        [
+            {"prompt": user, "completion": reply},
+            {"prompt": "3+3?", "completion": [{"role": "assistant", "content": "6"}]},
+            {"prompt": user, "completion": "#4"},
+            {"prompt": user, "answer": "4"},  # RL: a chat prompt and its gold answer
+        ],
+    )
+    rows = JsonlTask(path, eval_path=path).examples("train", None, 0)
+    assert [(r.prompt, r.completion, r.answer) for r in rows] == [
+        (user, "4", "4"),
+        ([{"role": "user", "content": "3+3?"}], "6", "6"),  # a string prompt with a message reply: one user turn
+        (user, "#4", "4"),
+        (user, None, "4"),
+    ]
+    assert not any(r.train_prompt_replies for r in rows)
+
+
+def test_multi_turn_rows_train_every_assistant_turn_unless_told_otherwise(tmp_path: Path) -> None:
+    turns = [
+        {"role": "user", "content": "1+2?"},
+        {"role": "assistant", "content": "#3"},
+        {"role": "user", "content": "+4?"},
+        {"role": "assistant", "content": "#7"},
+    ]
+    single = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "#2"}]
+    opening = [{"role": "assistant", "content": "Hi!"}, *single]  # a greeting with nothing before it
+    prior = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": turns}, {"messages": single}, {"messages": opening}, {"prompt": prior, "completion": "b"}],
+    )
+    rows = JsonlTask(path, eval_path=path).examples("train", None, 0)
+    assert rows[0].prompt == turns[:-1] and rows[0].completion == "#7"
+    assert [r.train_prompt_replies for r in rows] == [True, False, False, False]
+    last = JsonlTask(path, eval_path=path, train_on="last_assistant").examples("train", None, 0)
+    assert not any(r.train_prompt_replies for r in last)
+    assert [(r.prompt, r.completion) for r in last] == [(r.prompt, r.completion) for r in rows]
+
+
+def test_whole_file_makes_every_row_a_test_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", qa_rows(50))
+    task = JsonlTask(path, whole_file=True)
+    assert task.count("test") == 50 and task.count("train") == 0 and task.test_file == path
+    with pytest.raises(DataError) as err:
+        task.examples("train", None, 0)
+    assert str(err.value) == f"{path}: this task holds an evaluation file: every row is a test row"
+    split = JsonlTask(path)
+    assert split.count("train") + split.count("test") == 50 and split.count("test") < 50

@@ -11,7 +11,9 @@ import pytest
 from posttrain.data.tokenize import encode_prompt
 from posttrain.errors import DataError
 from posttrain.models.tiny import char_tokenizer
-from posttrain.tasks.preferences import PreferencePair, encode_pair, load_preferences
+from posttrain.tasks.preferences import SHAPE, SHAPES, PreferencePair, encode_pair, load_preferences
+
+NO_TURN = "ending in '\\n\\nAssistant:' to take as the prompt"
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> str:
@@ -70,8 +72,9 @@ def test_reply_longer_than_the_context_names_its_field() -> None:
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
-        ({"chosen": "a", "rejected": "b"}, "prompt: missing field 'prompt' (expected {prompt, chosen, rejected})"),
-        ({"prompt": "q", "rejected": "b"}, "chosen: missing field 'chosen' (expected {prompt, chosen, rejected})"),
+        ({"chosen": "a", "rejected": "b"}, f"chosen: no 'prompt' field, and chosen and rejected share no prefix {NO_TURN}"),
+        ({"prompt": "q", "rejected": "b"}, f"chosen: missing field 'chosen' (expected {SHAPE})"),
+        ({"chosen": "a"}, f"rejected: missing field 'rejected' (expected {SHAPES})"),
         ({"prompt": "q", "chosen": "a", "rejected": 3}, "rejected: expected a string or a list of messages, got int"),
         ({"prompt": 5, "chosen": "a", "rejected": "b"}, "prompt: expected a string, got int"),
         ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
@@ -116,3 +119,91 @@ def test_datasets_directory_of_message_rows(tmp_path: Path) -> None:
     first = splits["train"][0]
     assert first.prompt == [{"role": "user", "content": "q0"}] and (first.chosen, first.rejected) == ("#0", "?")
     assert first.source == f"{tmp_path / 'ds' / 'train'}:1"
+
+
+# --- implicit prompts: HH-RLHF's own shape ------------------------------------------------
+
+HH = Path(__file__).parent.parent / "fixtures" / "hh_rlhf_harmless_3.jsonl"
+
+
+def test_hh_rlhf_rows_take_the_shared_dialogue_as_the_prompt() -> None:
+    """Real HH-RLHF rows (tests/fixtures/README.md): the prompt is the longest shared prefix ending at
+    the last "\\n\\nAssistant:" turn boundary, and the replies are what follows it."""
+    raw = [json.loads(line) for line in HH.read_text().splitlines()]
+    pairs = load_preferences(str(HH), eval_path=str(HH))["train"]
+    assert len(pairs) == 3
+    for row, pair in zip(raw, pairs):
+        assert isinstance(pair.prompt, str) and pair.prompt.endswith("\n\nAssistant:")
+        assert pair.prompt.startswith("\n\nHuman: ")
+        assert pair.prompt + pair.chosen == row["chosen"] and pair.prompt + pair.rejected == row["rejected"]
+        assert pair.chosen.startswith(" ") and "\n\nAssistant:" not in pair.chosen + pair.rejected
+    assert str(pair.prompt).count("\n\nHuman:") == 2  # a multi-turn dialogue: earlier turns are prompt
+    # "Assistant: Human: I'm so sorry...": a reply that itself says "Human:" does not move the boundary
+    assert pairs[1].chosen.startswith(" Human: I'm so sorry")
+    tok = char_tokenizer()
+    prompt, chosen, rejected = encode_pair(tok, pairs[2], None)
+    assert prompt == encode_prompt(tok, pairs[2].prompt)
+    for ids, text in ((chosen, pairs[2].chosen), (rejected, pairs[2].rejected)):
+        assert ids == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_implicit_string_prompt_stops_at_the_last_shared_turn(tmp_path: Path) -> None:
+    shared = "\n\nHuman: 2+2?\n\nAssistant: 4\n\nHuman: and 3+3?\n\nAssistant:"
+    path = write_jsonl(tmp_path / "p.jsonl", [{"chosen": shared + " 6 it is", "rejected": shared + " 6? no, 7"}])
+    [pair] = load_preferences(path, eval_path=path)["train"]
+    # the replies share " 6", but the prompt ends at the turn boundary
+    assert (pair.prompt, pair.chosen, pair.rejected) == (shared, " 6 it is", " 6? no, 7")
+
+
+def test_implicit_conversation_rows(tmp_path: Path) -> None:
+    user = {"role": "user", "content": "2+2?"}
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "chosen": [user, {"role": "assistant", "content": "4"}],
+                "rejected": [user, {"role": "assistant", "content": "5"}],
+            }
+        ],
+    )
+    [pair] = load_preferences(path, eval_path=path)["train"]
+    assert (pair.prompt, pair.chosen, pair.rejected) == ([user], "4", "5")
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (
+            {"chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "user", "content": "b"}]},
+            "chosen: no 'prompt' field, and chosen and rejected share no opening message to take as the prompt",
+        ),
+        (
+            {
+                "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "user", "content": "q"}, {"role": "user", "content": "b"}],
+            },
+            "rejected[1].role: expected role 'assistant', got 'user'",
+        ),
+        (
+            {
+                "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "rejected": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ],
+            },
+            "rejected: expected one assistant reply after the 1 messages chosen and rejected share, got 2",
+        ),
+        (
+            {"chosen": [{"role": "user", "content": "q"}], "rejected": "b"},
+            "rejected: expected a list of messages like the other reply, got str",
+        ),
+        ({"chosen": 1, "rejected": "b"}, "chosen: expected a string, got int"),
+    ],
+)
+def test_bad_implicit_rows(tmp_path: Path, row: Any, expected: str) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, row])
+    with pytest.raises(DataError) as info:
+        load_preferences(path)
+    assert info.value.render() == f"{path}:2: {expected}"
