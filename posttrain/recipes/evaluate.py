@@ -15,7 +15,7 @@ from posttrain.config import Config
 from posttrain.errors import DataError
 from posttrain.eval.cache import tokenizer_hash
 from posttrain.eval.sampling import evaluate_model
-from posttrain.models.io import load_model, load_tokenizer
+from posttrain.models.io import load_model, load_tokenizer, resolve_model_path
 from posttrain.recipes.common import setup
 from posttrain.rollout.factory import build_engine
 from posttrain.tasks.registry import make_task
@@ -51,7 +51,8 @@ def evaluate_dirs(cfg: Config, models: dict[str, str], whole_file: bool = False)
     is a test problem. The pipeline, compare and predict keep the split their training used.
     """
     results = {}
-    for name, path in models.items():
+    for name, given in models.items():
+        path = str(resolve_model_path(given, cfg.out / f"{name}_from_gguf"))  # a .gguf, pkg: or a Hub id too
         tokenizer = load_tokenizer(path)
         task = make_task(cfg.data, tokenizer, whole_file=whole_file)  # each model's own chat template
         model = load_model(path, cfg.model.dtype, cfg.model.device)

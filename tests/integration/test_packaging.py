@@ -22,7 +22,7 @@ from posttrain.cli import default_config, main, resolve_config
 from posttrain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ["compare-dpo-grpo", "predict-rl", "quickstart"]
+NAMES = ["compare-dpo-grpo", "predict-rl", "quickstart", "smollm2-gsm8k"]
 
 
 def test_packaged_experiments_are_found_by_name() -> None:
@@ -41,7 +41,7 @@ def test_a_config_file_wins_over_a_packaged_name(tmp_path: Path, monkeypatch: py
 
 
 def test_an_unknown_config_is_one_line_listing_the_packaged_names(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match=r"packaged: compare-dpo-grpo, predict-rl, quickstart\)$"):
+    with pytest.raises(ConfigError, match=r"packaged: compare-dpo-grpo, predict-rl, quickstart, smollm2-gsm8k\)$"):
         resolve_config("quikstart")
     with pytest.raises(ConfigError, match="unknown"):
         experiments.path("unknown")
@@ -134,4 +134,4 @@ def test_wheel_ships_the_experiments_and_runs_without_the_repository(tmp_path: P
     assert "usage: posttrain" in _run([str(script), "--help"], cwd=work, env=env).stdout
     bad = subprocess.run([str(script), "run", "--config", "nope"], cwd=work, env=env, capture_output=True, text=True)
     assert bad.returncode == 2
-    assert "packaged: compare-dpo-grpo, predict-rl, quickstart" in bad.stderr
+    assert "packaged: compare-dpo-grpo, predict-rl, quickstart, smollm2-gsm8k" in bad.stderr
