@@ -144,8 +144,21 @@ def ppo_clip_loss(
     the sampler's, the train/sample mismatch of the engine's numerics).
     """
     ratio = torch.exp(logprobs - old_logprobs)
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high, logprobs, old_logprobs, response_mask)
+
+
+def _clipped_surrogate(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    low: float,
+    high: float,
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+    """-min(ratio * A, clip(ratio, 1 - low, 1 + high) * A) per token, and its metrics (token means)."""
     unclipped = ratio * advantages
-    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
+    clipped = ratio.clamp(1 - low, 1 + high) * advantages
     per_token = -torch.minimum(unclipped, clipped)
     n = float(response_mask.sum())
     metrics = {
@@ -203,16 +216,7 @@ def gspo_loss(
     lengths = _per_sequence_sum(mask, ids)
     log_s = _per_sequence_sum(diff * mask, ids) / lengths.clamp(min=1)
     ratio = torch.exp(log_s)[ids]  # (B, T): each token carries its sequence's ratio
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1 - gspo_clip_low, 1 + gspo_clip_high) * advantages
-    per_token = -torch.minimum(unclipped, clipped)
-    n = float(response_mask.sum())
-    metrics = {
-        "ratio": (masked_sum(ratio, response_mask), n),
-        "clip_frac": (masked_sum((clipped < unclipped).float(), response_mask), n),
-        "logprob_gap": (masked_sum((logprobs - old_logprobs).abs(), response_mask), n),
-    }
-    return per_token, metrics
+    return _clipped_surrogate(ratio, advantages, gspo_clip_low, gspo_clip_high, logprobs, old_logprobs, response_mask)
 
 
 def cispo_loss(

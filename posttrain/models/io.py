@@ -162,8 +162,10 @@ def context_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
-    """Save model and tokenizer so that ``out`` is either the old or the new one, never half."""
+def save_pretrained_atomic(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, files: dict[str, str] | None = None
+) -> Path:
+    """Save model, tokenizer and ``files`` (name -> text) so that ``out`` is either the old or the new one, never half."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -171,6 +173,8 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     replace_dir(tmp, out)
     return out
 
@@ -308,15 +312,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / GGUF_SOURCE).write_text(json.dumps(record) + "\n")
-    replace_dir(tmp, out)
-    return out
+    return save_pretrained_atomic(model, tokenizer, out, {GGUF_SOURCE: json.dumps(record) + "\n"})
 
 
 def load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
