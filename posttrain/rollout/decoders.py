@@ -1,7 +1,10 @@
 """Two ways to run a causal LM one step at a time; the sampler picks one.
 
 ``HFDecoder`` calls the model's own forward with its dynamic cache: it works for
-every Hugging Face causal LM.
+every Hugging Face causal LM. The forward's cache keyword was renamed in
+transformers 5.24 (``past_key_values`` -> ``cache``, the old name going in 5.40);
+``cache_keyword`` reads which one a model's forward takes, so each release gets
+its own name and no deprecation warning.
 
 ``StaticLlamaDecoder`` is the fast path for the Llama family (Llama, Mistral,
 Qwen2): it walks the same modules (so it reads the trainer's live weights and
@@ -18,11 +21,15 @@ Both take left-padded ``input_ids`` (B, T) with ``attention`` (B, T) and
 
 from __future__ import annotations
 
+import inspect
+import weakref
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 FAST_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 
@@ -37,22 +44,60 @@ class Decoder(Protocol):
         ...
 
 
+# the model's forward's cache keyword, read once per model (a model's class and wrappers do not change)
+_CACHE_KEYWORDS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """``"cache"`` where the model's forward takes the KV cache by that name (transformers 5.24+),
+    else ``"past_key_values"`` (4.x to 5.23, and remote code written for them).
+
+    Wrappers whose forward only passes ``**kwargs`` on (a peft ``PeftModel``, DDP,
+    ``torch.compile``) are looked through to the model they wrap. The output field
+    has the same name as the keyword in every release.
+    """
+    name = _CACHE_KEYWORDS.get(model)
+    if name is None:
+        name = _CACHE_KEYWORDS[model] = _read_cache_keyword(model)
+    return name
+
+
+def _read_cache_keyword(model: torch.nn.Module) -> str:
+    seen: set[int] = set()
+    m: Any = model
+    while m is not None and id(m) not in seen:
+        seen.add(id(m))
+        params: Mapping[str, Any]
+        try:
+            params = inspect.signature(m.forward).parameters  # follows the deprecation decorators' __wrapped__
+        except (TypeError, ValueError):
+            params = {}
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+        get_base = getattr(m, "get_base_model", None)
+        m = get_base() if callable(get_base) else getattr(m, "_orig_mod", None) or getattr(m, "module", None)
+    # a forward that names neither: the name this transformers' outputs carry
+    return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
 class HFDecoder:
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
+        self.keyword = cache_keyword(model)
         self.cache: Any = None
 
     def prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self.keyword)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model(
-            input_ids=tokens, attention_mask=attention, position_ids=positions, past_key_values=self.cache,
-            use_cache=True,
+            input_ids=tokens, attention_mask=attention, position_ids=positions, use_cache=True,
+            **{self.keyword: self.cache},
         )  # fmt: skip
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self.keyword)
         return out.logits[:, -1]
 
     def select(self, rows: torch.Tensor) -> None:

@@ -13,6 +13,9 @@ from posttrain.models.io import load_model, load_tokenizer
 from posttrain.rollout.base import SamplingParams
 from posttrain.rollout.torch_engine import TorchEngine, _filter_logits
 
+# the generic path must name the cache as the installed transformers does (`cache` from 5.24)
+pytestmark = pytest.mark.filterwarnings("error:`past_key_values` is deprecated:FutureWarning")
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir: Path) -> TorchEngine:
