@@ -108,6 +108,7 @@ class ScoredGroups:
     report: ScoreReport  # the reward's failure counts, first messages, per-component scores
     policy_version: int
     gen_seconds: float
+    prompts_too_long: int = 0  # drawn prompts skipped, no room for max_new_tokens (data.truncation); all ranks'
 
     @property
     def group_size(self) -> int:

@@ -68,6 +68,10 @@ class DataConfig:
     prompt_template: str | None = None  # string prompts rewritten, e.g. "{question}\nAnswer with a number."
     # SFT on {messages} rows: every assistant turn is a target, or only the last (earlier ones are context)
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    # a row longer than train.max_seq_len (or the model's context, when shorter): skipped and counted in the
+    # summary (drop), one-line error (error), prompt's start cut (left), completion's end cut, eos and all
+    # (right); an RL or evaluation prompt with no room for max_new_tokens: error, or skipped in every other mode
+    truncation: Literal["error", "left", "right", "drop"] = "drop"
 
 
 @dataclass(frozen=True)

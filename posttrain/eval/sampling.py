@@ -34,7 +34,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.config import Config, EvalConfig
 from posttrain.data.batch import collate
-from posttrain.data.tokenize import check_length, encode_example, encode_prompt
+from posttrain.data.tokenize import encode_example, encode_prompt, fit_prompts
 from posttrain.errors import DataError
 from posttrain.eval.cache import SampleCache, digest, model_hash
 from posttrain.eval.checking import Check, TaskChecker
@@ -44,6 +44,7 @@ from posttrain.rollout.base import RolloutEngine, SamplingParams
 from posttrain.rollout.torch_engine import SAMPLER_VERSION, TorchEngine
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Example, Task
+from posttrain.train.metrics import console
 
 
 @torch.no_grad()
@@ -231,8 +232,19 @@ def evaluate_model(
         raise DataError("the test split is empty: nothing to evaluate", file=getattr(task, "path", task.name))
     ctx = context_length(model)
     prompts = [encode_prompt(tokenizer, task.prompt(ex)) for ex in problems]
-    for ex, p in zip(problems, prompts):
-        check_length(ex, len(p), ecfg.sampling.max_new_tokens, ctx)
+    problems, prompts, too_long = fit_prompts(problems, prompts, ecfg.sampling.max_new_tokens, ctx,
+                                              cfg.data.truncation, "eval.sampling.max_new_tokens")  # fmt: skip
+    if too_long:  # the record's num_problems_used counts only the problems evaluated
+        console.print(
+            f"eval: skipped {too_long} problems with no room for eval.sampling.max_new_tokens (data.truncation)"
+        )
+    if not problems:
+        raise DataError(
+            f"every test problem's prompt leaves no room for eval.sampling.max_new_tokens="
+            f"{ecfg.sampling.max_new_tokens} in the model's context of {ctx}",
+            file=getattr(task, "path", task.name),
+            field="data.truncation",
+        )
     engine = engine or TorchEngine(model, tokenizer, batch_size=batch_size)
     seed = cfg.seed
     cache = sample_cache(ecfg, cache_dir, model_dir, model, engine, problems, seed, batch_size)

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.device import resolve_device
@@ -51,6 +51,15 @@ GGUF_SOURCE = "gguf_source.json"  # in a converted directory: which file it came
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # what a Hub snapshot needs to be a model directory: configs, safetensors weights, tokenizer
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+# Heads that end a causal LM: what AutoModelForCausalLM builds for a config.json's `architectures`
+CAUSAL_HEADS = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "WithLMHead", "ForConditionalGeneration")
+# Encoders (BERT and its kin) that transformers can load as causal LMs, but which attend in
+# both directions unless their config says `is_decoder: true`: a masked LM trained as if it
+# were causal. (BART-like decoders set the flag themselves; XLM has its own `causal` flag.)
+DECODER_FLAG_TYPES = frozenset(
+    set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) & set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) - {"bart", "mbart", "mvp", "xlm"}
+)
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -105,17 +114,67 @@ def check_causal_lm_dir(path: str | Path) -> None:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"config.json is not valid JSON: {e.msg}", file=str(cfg_file), line=e.lineno) from None
+    if not isinstance(raw, dict):
+        raise ModelError("config.json is not a JSON object", file=str(cfg_file))
     model_type = raw.get("model_type")
+    archs = raw.get("architectures") or []
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        archs = raw.get("architectures") or []
         raise ModelError(
             f"not a causal language model (model_type={model_type!r}, architectures={archs})",
             file=str(cfg_file),
             field="model_type",
         )
+    if _bidirectional(raw):
+        raise ModelError(
+            f"not a causal language model: model_type={model_type!r} (architectures={archs}) is an encoder that "
+            "attends in both directions (its config has no is_decoder: true); use a decoder-only model",
+            file=str(cfg_file),
+            field="model_type",
+        )
+    heads = [a for a in archs if not isinstance(a, str) or not a.endswith("ForSequenceClassification")]
+    if archs and heads and not any(is_causal_head(a) for a in heads):
+        raise ModelError(
+            f"not a causal language model (architectures={archs}, model_type={model_type!r})",
+            file=str(cfg_file),
+            field="architectures",
+        )
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
     if not has_weights:
         raise ModelError("no weights (*.safetensors or *.bin) in the directory", file=str(path), field="model.path")
+
+
+def is_causal_head(architecture: object) -> bool:
+    """A config.json ``architectures`` entry that is a causal LM (LlamaForCausalLM, GPT2LMHeadModel, ...)."""
+    return isinstance(architecture, str) and (architecture in CAUSAL_HEADS or architecture.endswith(CAUSAL_SUFFIXES))
+
+
+def _bidirectional(raw: dict[str, Any]) -> bool:
+    """An encoder (BERT, RoBERTa, ...) whose config does not make it a decoder: it would see the future."""
+    model_type = raw.get("model_type")
+    if model_type == "xlm":
+        return not raw.get("causal", False)
+    return model_type in DECODER_FLAG_TYPES and not raw.get("is_decoder", False)
+
+
+def check_causal_lm_head(path: str | Path) -> None:
+    """``check_causal_lm_dir``, and the head is a language-model head: where a policy is loaded.
+
+    A reward model (``*ForSequenceClassification``) passes ``check_causal_lm_dir``, which the
+    reward model's loader shares; loaded as a causal LM it would get a fresh, random LM head.
+    """
+    check_causal_lm_dir(path)
+    if is_adapter_dir(path):
+        return  # its base was checked by check_causal_lm_dir
+    cfg_file = Path(path) / "config.json"
+    raw = json.loads(cfg_file.read_text())
+    archs = raw.get("architectures") or []
+    if archs and not any(is_causal_head(a) for a in archs):
+        raise ModelError(
+            f"architectures={archs}: a reward model or classifier, not a causal language model "
+            "(a causal LM is needed here: its *ForCausalLM base, or a posttrain sft/grpo/dpo final/)",
+            file=str(cfg_file),
+            field="architectures",
+        )
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -134,14 +193,63 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
-    check_causal_lm_dir(path)
+    check_causal_lm_head(path)
     if is_adapter_dir(path):
         return load_adapter_model(path, dtype, device)
-    AutoConfig.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
+    config = AutoConfig.from_pretrained(str(path))
+    try:
+        # with output_loading_info: (model, {missing_keys, unexpected_keys, ...}), which the stubs do not know
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=DTYPES[dtype], attn_implementation="sdpa", output_loading_info=True
+        )
+    except RuntimeError as e:  # transformers 5: "ignore_mismatched_sizes"; 4.x: "size mismatch for ..."
+        if "mismatch" not in str(e):
+            raise
+        raise ModelError(
+            f"the sizes in config.json do not match the weights: {_size_mismatch(Path(path), config)}",
+            file=str(Path(path) / "config.json"),
+        ) from None
+    model, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)
+    _check_loading_info(Path(path), info)
     model.to(resolve_device(device))  # type: ignore[arg-type]  # transformers types .to oddly
     model.config.use_cache = False  # training default; the sampler asks for the cache itself
     return model
+
+
+def _size_mismatch(path: Path, config: Any) -> str:
+    """The first weight whose shape in the files differs from the one config.json gives it, in words."""
+    try:
+        from safetensors import safe_open
+
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
+                    stored = tuple(f.get_slice(key).get_shape())
+                    if key in expected and expected[key] != stored:
+                        return f"{key} is {list(stored)} in {file.name}, config.json makes it {list(expected[key])}"
+    except Exception:  # noqa: BLE001 - a diagnosis only; the error below stands without it
+        pass
+    return "a weight's shape differs from the one config.json gives it (hidden_size, vocab_size, heads, ...)"
+
+
+def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
+    """Refuse weights the config has no place for, or places the weights do not fill (left random)."""
+    cfg_file = str(path / "config.json")
+    missing, unexpected = list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or [])
+    if missing:
+        raise ModelError(
+            f"the sizes in config.json do not match the weights: {len(missing)} weights of the model it describes "
+            f"are not in the weights files (first: {sorted(missing)[0]}), and would start random",
+            file=cfg_file,
+        )
+    if unexpected:
+        raise ModelError(
+            f"the sizes in config.json do not match the weights: the weights files hold {len(unexpected)} tensors "
+            f"the model it describes has no place for (first: {sorted(unexpected)[0]})",
+            file=cfg_file,
+        )
 
 
 def load_adapter_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:

@@ -25,6 +25,7 @@ from posttrain.config import Config, DataConfig, to_dict
 from posttrain.errors import ConfigError
 from posttrain.models.io import (
     check_causal_lm_dir,
+    check_causal_lm_head,
     context_length,
     is_adapter_dir,
     load_model,
@@ -69,6 +70,8 @@ def open_stage(cfg: Config, resume: bool, loader: Loader | None = None) -> Stage
     cfg = model_dir(cfg)
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     assert cfg.model.path is not None  # model_dir resolved it
+    if loader is None:  # the policy is a causal LM: not a reward model's or a classifier's directory
+        check_causal_lm_head(cfg.model.path)
     tokenizer = load_tokenizer(cfg.model.path)
     path = ckpt or Path(cfg.model.path)
     if loader:
@@ -108,10 +111,29 @@ def setup(cfg: Config) -> Path:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # torchrun: rank 0 writes
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        try:
+            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        except OSError as e:
+            raise ConfigError(f"{out}: cannot write config.json there: {e.strerror or e}", field="output_dir") from None
     return out
+
+
+def make_output_dir(out: Path) -> None:
+    """Create ``output_dir``, or say in one line why it cannot be: a file, under a file, not writable."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory: choose another output_dir", field="output_dir")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(
+            f"{out} cannot be created: {blocker} is a file, not a directory; choose another output_dir",
+            field="output_dir",
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out} cannot be created: {e.strerror or e}", field="output_dir") from None
 
 
 def model_dir(cfg: Config) -> Config:
@@ -143,3 +165,17 @@ def model_dir(cfg: Config) -> Config:
 def train_examples_count(data: DataConfig) -> int | None:
     """How many demonstrations to draw: all of a file, ``num_train`` of a generated task."""
     return data.num_train if data.task == "arithmetic" else None
+
+
+def check_task_reads_path(data: DataConfig) -> None:
+    """Refuse a ``data.path`` that the task would never read: the built-in task generates its problems.
+
+    ``data.task`` defaults to the built-in arithmetic task, so ``posttrain sft data.path=my.jsonl``
+    would otherwise train on generated demonstrations and never open the file.
+    """
+    if data.task == "arithmetic" and data.path is not None:
+        raise ConfigError(
+            f"data.path={data.path} is set, but data.task is 'arithmetic' (the built-in generated problems), "
+            "which never reads it: set data.task=jsonl to train on the file, or remove data.path",
+            field="data.task",
+        )

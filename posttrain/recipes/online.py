@@ -39,8 +39,9 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.config import Config
-from posttrain.data.tokenize import check_length, encode_prompt
+from posttrain.data.tokenize import encode_prompt, fit_prompts
 from posttrain.device import precision
+from posttrain.errors import DataError, TrainingError
 from posttrain.models.io import context_length, load_model
 from posttrain.models.lora import is_lora, zero_adapters
 from posttrain.recipes.launch import open_training
@@ -55,7 +56,7 @@ from posttrain.tasks.registry import make_task
 from posttrain.train import distributed
 from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
 from posttrain.train.loop import build_optimizer
-from posttrain.train.metrics import MetricsWriter, console, progress
+from posttrain.train.metrics import MetricsWriter, console, progress, read_metrics
 from posttrain.train.reference import reference_model
 
 
@@ -229,7 +230,47 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
             f"{step.stage}: {cfg.train.max_steps} iterations (sync_every={r.sync_every}), "
             f"last reward {last['reward']:.3f} -> {final}"
         )
+    if start < cfg.train.max_steps and not any(optimizer.state.values()):  # AdamW keeps state once it steps
+        raise nothing_learned(cfg, step, read_metrics(out / "metrics.jsonl"), final)
     return final
+
+
+# why online DPO found no pair in a prompt's samples (``posttrain.algorithms.pairs``), in words
+PAIRLESS = {
+    "all_correct": "every sample right",
+    "all_wrong": "every sample wrong",
+    "tie": "every sample the same reward",
+    "unscored": "fewer than two samples scored",
+}
+
+
+def nothing_learned(cfg: Config, step: Step, records: list[dict[str, Any]], final: Path) -> TrainingError:
+    """The one-line error of a run whose every iteration was skipped: what was skipped, and what to check."""
+    its = {r[step.writer_key]: r for r in records if r.get("stage") == step.stage and step.writer_key in r}
+    rows = list(its.values())  # one record per iteration (GRPO writes one per optimiser step)
+    n, r = cfg.train.max_steps, cfg.rollout
+    unscored = sum(int(x.get("unscored") or 0) for x in rows)
+    samples = len(rows) * r.prompts_per_step * r.samples_per_prompt
+    rewards = [float(x["reward"]) for x in rows if isinstance(x.get("reward"), (int, float))]
+    mean = f"mean reward {sum(rewards) / len(rewards):.3g}; " if rewards else ""
+    if step.stage == "grpo":
+        dropped = round(sum(float(x.get("groups_dropped") or 0.0) for x in rows) * r.prompts_per_step)
+        what = (f"{dropped} of {len(rows) * r.prompts_per_step} groups dropped (every sample the same reward, "
+                f"or one unscored), {unscored} of {samples} samples unscored")  # fmt: skip
+        keep = "; or keep uniform groups with grpo.drop_uniform_groups=false"
+    else:
+        skips = {k.removeprefix("skipped_"): sum(int(x.get(k) or 0) for x in rows)
+                 for k in sorted({k for x in rows for k in x if k.startswith("skipped_")})}  # fmt: skip
+        why = ", ".join(f"{v} with {PAIRLESS.get(k, k.replace('_', ' '))}" for k, v in skips.items() if v)
+        what = f"no prompt gave a preference pair ({why or 'none sampled'}), {unscored} of {samples} samples unscored"
+        keep = ""
+    return TrainingError(
+        f"{step.stage}: {n} iteration{'s' if n != 1 else ''} and not one optimiser update: {what}; {mean}"
+        f"{final} is the starting model. "
+        "Check that the reward can tell samples apart: the rows' gold answers (null, or not parseable by "
+        "data.verifier / data.format), reward.components, and a model that sometimes answers right (SFT first)"
+        f"{keep}"
+    )
 
 
 def _open_followers(
@@ -287,11 +328,20 @@ def draw_and_sample(
 ) -> ScoredGroups:
     """This rank's share of iteration ``it``'s prompts, sampled and scored."""
     r, s = cfg.rollout, cfg.sampling
-    examples = distributed.shard(task.examples("train", r.prompts_per_step, derive_seed(cfg.seed, it, 2)))
-    prompts = [encode_prompt(run.tokenizer, task.prompt(ex)) for ex in examples]
-    ctx = context_length(run.model)
-    for ex, p in zip(examples, prompts):
-        check_length(ex, len(p), s.max_new_tokens, ctx)
+    drawn = task.examples("train", r.prompts_per_step, derive_seed(cfg.seed, it, 2))
+    encoded = [encode_prompt(run.tokenizer, task.prompt(ex)) for ex in drawn]
+    # every rank fits all of the iteration's prompts, so all agree on which (and how many) are skipped
+    drawn, encoded, too_long = fit_prompts(drawn, encoded, s.max_new_tokens, context_length(run.model),
+                                           cfg.data.truncation)  # fmt: skip
+    if len(drawn) < distributed.world():
+        raise DataError(
+            f"iteration {it + 1}: {too_long} of {r.prompts_per_step} prompts have no room for "
+            f"sampling.max_new_tokens={s.max_new_tokens} in the model's context, too few left to sample",
+            field="data.truncation",
+        )
+    if too_long:
+        console.print(f"iteration {it + 1}: skipped {too_long} prompts too long to sample (data.truncation)")
+    examples, prompts = distributed.shard(drawn), distributed.shard(encoded)
     seed = derive_seed(cfg.seed, it, 3) + distributed.rank()  # each rank its own samples
     sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=seed)
     with precision(run.model.device, cfg.train.mixed_precision), distributed.full_weights(run.model):
@@ -299,6 +349,7 @@ def draw_and_sample(
             engine, scorer, examples, prompts, group_size=r.samples_per_prompt, sampling=sampling,
             policy_version=last_sync(it, r.sync_every), doom_groups=doom_groups,
         )  # fmt: skip
+    groups.prompts_too_long = too_long  # the groups an iteration skipped, for its metrics
     report = groups.report or ScoreReport([])
     if report.messages:
         console.print(
@@ -337,6 +388,7 @@ def rollout_metrics(groups: ScoredGroups, stage: str, it: int) -> dict[str, Any]
         "reward_errors": int(errors),
         "reward_timeouts": int(timeouts),
         "reward_missing": int(summed[-2]),
+        "prompts_too_long": groups.prompts_too_long,  # every rank fits all drawn prompts: already global
         "unscored": int(summed[-1]),
         **components,
         "truncated_frac": trunc / samples,

@@ -28,13 +28,14 @@ from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DPOConfig
 from posttrain.data.order import step_rows
 from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches
+from posttrain.data.tokenize import LengthCount, Limit
 from posttrain.device import precision
 from posttrain.errors import ConfigError, DataError
-from posttrain.tasks.preferences import SHAPE, encode_pairs, load_preferences
+from posttrain.tasks.preferences import SHAPE, distinct_pairs, encode_pairs, load_preferences
 from posttrain.train import distributed
 from posttrain.train.checkpoint import save_checkpoint
 from posttrain.train.loop import optimizer_step
-from posttrain.train.metrics import MetricsWriter, progress
+from posttrain.train.metrics import MetricsWriter, console, progress
 
 PairLossFn = Callable[[PairBatch], LossOutput]
 
@@ -67,9 +68,13 @@ def dpo_loss_fn(
 
 
 def load_pair_data(
-    cfg: Config, tokenizer: PreTrainedTokenizerBase, max_len: int | None, command: str
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, max_len: int | None, command: str, context: int | None = None
 ) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    """Encoded (train, held-out) pairs of ``data.path`` (and ``data.eval_path``)."""
+    """Encoded (train, held-out) pairs of ``data.path`` (and ``data.eval_path``).
+
+    Each pair fits ``max_len`` (``train.max_seq_len`` capped by the model's ``context``) as
+    ``data.truncation`` says; the pairs cut or dropped are reported in one line.
+    """
     path = cfg.data.path
     if path is None:
         raise ConfigError(
@@ -78,8 +83,17 @@ def load_pair_data(
             field="data.path",
         )
     splits = load_preferences(path, cfg.data.eval_path)
-    train = encode_pairs(tokenizer, splits["train"], max_len, path)
-    test = [] if not splits["test"] else encode_pairs(tokenizer, splits["test"], max_len, cfg.data.eval_path or path)
+    # a pair with chosen == rejected teaches nothing: dropped and counted, refused when all are
+    splits = {k: distinct_pairs(v, path if k == "train" else cfg.data.eval_path or path) for k, v in splits.items()}
+    limit = None if max_len is None else Limit.of(cfg.train.max_seq_len, max_len, context)
+    mode = cfg.data.truncation
+    counts = LengthCount(mode, limit), LengthCount(mode, limit)
+    train = encode_pairs(tokenizer, splits["train"], limit, path, mode, counts[0])
+    test_path = cfg.data.eval_path or path
+    test = [] if not splits["test"] else encode_pairs(tokenizer, splits["test"], limit, test_path, mode, counts[1])
+    said = [f"{split}: {c.summary('pairs')}" for split, c in zip(("train", "held-out"), counts) if c.summary("pairs")]
+    if said:  # once, before training starts (data.truncation)
+        console.print(f"{command}: {'; '.join(said)}", markup=False, highlight=False)
     return train, test
 
 

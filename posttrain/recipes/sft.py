@@ -24,12 +24,14 @@ from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DataConfig, TrainConfig
 from posttrain.data.batch import TokenBatch, collate, length_buckets, packed_micro_batches, per_token
 from posttrain.data.order import step_rows
-from posttrain.data.tokenize import encode_demo
+from posttrain.data.tokenize import LengthCount, Limit, encode_demo, example_error, fit_demo
 from posttrain.device import precision
 from posttrain.errors import DataError
-from posttrain.recipes.common import train_examples_count
+from posttrain.models.io import context_length
+from posttrain.recipes.common import check_task_reads_path, train_examples_count
 from posttrain.recipes.launch import open_training
 from posttrain.seeds import derive_seed
+from posttrain.tasks.base import Example
 from posttrain.tasks.registry import make_task
 from posttrain.train import distributed
 from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
@@ -39,18 +41,69 @@ from posttrain.train.metrics import MetricsWriter, console, progress
 Demo = tuple[list[int], list[int], list[float]]  # prompt ids, completion ids, a loss weight per completion token
 
 
-def load_demonstrations(cfg: Config, tokenizer, max_len: int | None) -> list[Demo]:
+def load_demonstrations(
+    cfg: Config, tokenizer, max_len: int | None, context: int | None = None, count: LengthCount | None = None
+) -> list[Demo]:
+    """The encoded demonstrations SFT trains on, each within ``max_len`` as ``data.truncation`` says.
+
+    ``max_len`` is the stage's (``train.max_seq_len`` capped by the model's ``context``);
+    rows cut or dropped are counted in ``count`` for the summary line.
+    """
     task = make_task(cfg.data, tokenizer)
     examples = task.examples("train", train_examples_count(cfg.data), cfg.seed)
     demos = [ex for ex in examples if ex.completion is not None]
+    label = cfg.data.path or cfg.data.task
     if not demos:
         raise DataError(
-            "no demonstrations to train on (rows need a completion or messages)",
-            file=cfg.data.path or cfg.data.task,
-            field="completion",
+            "no demonstrations to train on (rows need a completion or messages)", file=label, field="completion"
         )
-    encoded = [encode_demo(tokenizer, ex, max_len) for ex in demos]  # every assistant turn, or the last
-    return select_demonstrations(encoded, cfg.data, cfg.seed, cfg.data.path or cfg.data.task)
+    demos = with_replies(demos)
+    limit = None if max_len is None else Limit.of(cfg.train.max_seq_len, max_len, context)
+    count = count if count is not None else LengthCount()
+    count.truncation, count.limit = cfg.data.truncation, limit
+    encoded = []
+    for ex in demos:
+        whole = encode_demo(tokenizer, ex, None)  # every assistant turn, or the last
+        fitted = fit_demo(ex, whole, limit, cfg.data.truncation, tokenizer.bos_token_id)
+        count.add(whole, fitted)
+        if fitted is not None:
+            encoded.append(fitted)
+    if not encoded:
+        raise DataError(f"no demonstration left to train on: {count.summary('demonstrations')}", file=label,
+                        field="data.truncation")  # fmt: skip
+    return select_demonstrations(encoded, cfg.data, cfg.seed, label)
+
+
+def has_reply(ex: Example) -> bool:
+    """Whether a demonstration has a reply to learn: a non-blank completion, or an earlier trained assistant turn."""
+    if ex.completion is not None and ex.completion.strip():
+        return True
+    if ex.train_prompt_replies and isinstance(ex.prompt, list):  # encode_demo trains turns after the first message
+        return any(m["role"] == "assistant" and m["content"].strip() for m in ex.prompt[1:])
+    return False
+
+
+def with_replies(demos: list[Example]) -> list[Example]:
+    """``demos`` without the rows whose reply is empty: they would train the end-of-sequence token alone.
+
+    A few such rows in a file are dropped and counted; a file of nothing else is refused.
+    """
+    empty = [ex for ex in demos if not has_reply(ex)]
+    if not empty:
+        return demos
+    first = empty[0].source or empty[0].id
+    if len(empty) == len(demos):
+        raise example_error(
+            empty[0], "completion",
+            f"every one of the {len(demos)} demonstrations has an empty reply (prompt and completion blank, or "
+            "no assistant content): nothing to train on but the end-of-sequence token",
+        )  # fmt: skip
+    console.print(
+        f"sft: dropped {len(empty)} of {len(demos)} demonstrations with an empty reply (first: {first}); "
+        "they would train nothing but the end-of-sequence token",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    return [ex for ex in demos if has_reply(ex)]
 
 
 def select_demonstrations(pairs: list[Demo], data: DataConfig, seed: int, label: str) -> list[Demo]:
@@ -91,9 +144,11 @@ def sft_steps(train: TrainConfig, steps_per_epoch: int) -> int:
 
 def train_sft(cfg: Config, resume: bool = False) -> Path:
     """Train, write ``output_dir/{metrics.jsonl, checkpoints/, final/}``; return ``final``."""
+    check_task_reads_path(cfg.data)
     (cfg, out, ckpt, tokenizer, model, max_len), net = open_training(cfg, resume)
     distributed.check_divisible(cfg.train.batch_size, "train.batch_size")
-    data = load_demonstrations(cfg, tokenizer, max_len)
+    lengths_count = LengthCount()  # rows data.truncation cut or dropped, for the summary line
+    data = load_demonstrations(cfg, tokenizer, max_len, context_length(model), lengths_count)
     lengths = [len(p) + len(c) for p, c, _ in data]
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
     steps_per_epoch = len(data) // bs
@@ -151,7 +206,9 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     writer.close()
     final = save_final(model, tokenizer, out / "final")
     if stats:
+        dropped = lengths_count.summary("demonstrations")
         console.print(
-            f"sft: {cfg.train.max_steps} steps, {len(data)} demonstrations, final loss {stats['loss']:.4f} -> {final}"
+            f"sft: {cfg.train.max_steps} steps, {len(data)} demonstrations{f' ({dropped})' if dropped else ''}, "
+            f"final loss {stats['loss']:.4f} -> {final}"
         )
     return final

@@ -34,7 +34,7 @@ from typing import Any
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.data.pairs import EncodedPair
-from posttrain.data.tokenize import encode_example
+from posttrain.data.tokenize import LengthCount, Limit, Truncation, encode_example, fit_pair
 from posttrain.errors import DataError
 from posttrain.tasks.base import Example, Message, Prompt, Split
 from posttrain.tasks.rows import (
@@ -136,24 +136,77 @@ def load_preferences(
     return load_splits(path, eval_path, test_fraction, _pairs, lambda p: p.prompt)
 
 
-def encode_pair(tokenizer: PreTrainedTokenizerBase, pair: PreferencePair, max_len: int | None) -> EncodedPair:
-    """(prompt ids, chosen ids, rejected ids), each reply ending in eos, as SFT encodes demonstrations."""
+def encode_pair(tokenizer: PreTrainedTokenizerBase, pair: PreferencePair, max_len: int | Limit | None) -> EncodedPair:
+    """(prompt ids, chosen ids, rejected ids), each reply ending in eos, as SFT encodes demonstrations.
+
+    Over ``max_len`` it raises ``TooLong`` naming the reply; ``fit_pair`` cuts or drops instead.
+    """
     replies = []
     for key in ("chosen", "rejected"):
         ex = Example(id=pair.id, prompt=pair.prompt, completion=getattr(pair, key), source=pair.source)
         try:
-            prompt, reply = encode_example(tokenizer, ex, max_len)
+            prompt, reply = encode_example(tokenizer, ex, None)
         except DataError as e:
             if e.field != "completion":
                 raise
             raise DataError(e.message.replace("completion", key), file=e.file, line=e.line, field=key) from None
         replies.append(reply)
-    return prompt, replies[0], replies[1]
+    encoded = (prompt, replies[0], replies[1])
+    fit_pair(_example(pair), encoded, max_len)  # raises when it does not fit
+    return encoded
+
+
+def _example(pair: PreferencePair) -> Example:
+    return Example(id=pair.id, prompt=pair.prompt, source=pair.source)
 
 
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferencePair], max_len: int | None, path: str
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferencePair],
+    max_len: int | Limit | None,
+    path: str,
+    truncation: Truncation = "error",
+    count: LengthCount | None = None,
 ) -> list[EncodedPair]:
+    """Every pair encoded and fitted within ``max_len`` as ``data.truncation`` says, counted in ``count``."""
     if not pairs:
         raise DataError(f"no preference pairs to train on (rows need {SHAPE})", file=path)
-    return [encode_pair(tokenizer, p, max_len) for p in pairs]
+    out = []
+    for p in pairs:
+        whole = encode_pair(tokenizer, p, None)
+        fitted = fit_pair(_example(p), whole, max_len, truncation, tokenizer.bos_token_id)
+        if count is not None:
+            count.add(whole, fitted)
+        if fitted is not None:
+            out.append(fitted)
+    if not out:
+        summary = count.summary("pairs") if count is not None else f"all {len(pairs)} are too long"
+        raise DataError(f"no preference pair left to train on: {summary}", file=path, field="data.truncation")
+    return out
+
+
+def distinct_pairs(pairs: list[PreferencePair], path: str) -> list[PreferencePair]:
+    """``pairs`` without those whose chosen and rejected replies are the same text (both empty included).
+
+    Such a pair has DPO loss ln 2 and zero gradient whatever the model: it teaches nothing and
+    dilutes its step. A few in a file are dropped and counted; a file of nothing else is refused.
+    """
+    same = [p for p in pairs if p.chosen == p.rejected]
+    if not same:
+        return pairs
+    if len(same) == len(pairs):
+        file, _, line = same[0].source.rpartition(":")
+        raise DataError(
+            f"all {len(pairs)} preference pairs have identical chosen and rejected replies: no preference to learn",
+            file=file if line.isdigit() else same[0].source,
+            line=int(line) if line.isdigit() else None,
+            field="rejected",
+        )
+    from posttrain.train.metrics import console  # the training output's console (stderr)
+
+    console.print(
+        f"{path}: dropped {len(same)} of {len(pairs)} preference pairs whose chosen and rejected replies are "
+        f"identical (first: {same[0].source}); they give loss ln 2 and no gradient",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    return [p for p in pairs if p.chosen != p.rejected]

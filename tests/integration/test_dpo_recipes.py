@@ -15,6 +15,7 @@ import posttrain.recipes.dpo as dpo_recipe
 import posttrain.recipes.online_dpo as online
 import posttrain.train.reference as reference
 from posttrain.config import ArithmeticConfig, RewardComponentConfig, RewardConfig, load_config
+from posttrain.errors import TrainingError
 from posttrain.models.io import load_model
 from posttrain.recipes.online import last_sync
 from posttrain.recipes.rm import train_rm
@@ -154,13 +155,24 @@ def test_online_dpo_moves_its_loss(tmp_path: Path, tiny_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("reward", "reason"), [("always_one", "skipped_all_correct"), ("always_zero", "skipped_all_wrong")]
+    ("reward", "reason", "why"),
+    [
+        ("always_one", "skipped_all_correct", "every sample right"),
+        ("always_zero", "skipped_all_wrong", "every sample wrong"),
+    ],
 )
 def test_online_dpo_skips_and_counts_prompts_without_a_preference(
-    tmp_path: Path, tiny_dir: Path, reward: str, reason: str
+    tmp_path: Path, tiny_dir: Path, reward: str, reason: str, why: str
 ) -> None:
-    final = online.train_online_dpo(
-        cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=2", *ONLINE[:4], python_reward(reward))
+    """Every step skipped: counted in the records, final/ saved, and the run ends in a one-line error."""
+    with pytest.raises(TrainingError) as err:
+        online.train_online_dpo(
+            cfg_for(tmp_path, tiny_dir, "o", "train.max_steps=2", *ONLINE[:4], python_reward(reward))
+        )
+    final = tmp_path / "o" / "final"
+    assert str(err.value).startswith(
+        f"dpo: 2 iterations and not one optimiser update: no prompt gave a preference pair (8 with {why}), "
+        f"0 of 32 samples unscored; mean reward {1 if reward == 'always_one' else 0}; {final} is the starting model."
     )
     records = read_metrics(tmp_path / "o" / "metrics.jsonl")
     assert [(r[reason], r["pairs"], r["loss"], r["skipped"]) for r in records] == [(4, 0, None, True)] * 2

@@ -54,9 +54,7 @@ def test_cache_hits_are_identical_and_a_larger_n_draws_only_new_chunks(
     assert set(larger["pass_at_k"]) == {"1", "2", "4", "8"}
     # a different model is a different entry, however it is named
     other = build_tiny(TINY, tmp_path / "other", seed=1)
-    other_result = evaluate_model(
-        load_model(other), load_tokenizer(other), task, cfg, str(other), tmp_path / "c"
-    )
+    other_result = evaluate_model(load_model(other), load_tokenizer(other), task, cfg, str(other), tmp_path / "c")
     assert other_result["model_hash"] != first["model_hash"]
 
 
@@ -119,7 +117,9 @@ def test_predict_rl_end_to_end(tmp_path: Path) -> None:
         "    one-epoch: {train.epochs: 1}\n"
         "    half-data: {train: {epochs: 1}, data: {train_fraction: 0.5}}\n"
         "    short-only: {train.epochs: 1, data.max_demo_tokens: 4}\n"
-        "stages:\n  grpo: {train: {max_steps: 1}}\n  eval: {data: {arithmetic: {direct_fraction: 0.0}}}\n"
+        # the GRPO stage needs a reward with a spread (an untrained model's are all 0): it must update
+        "stages:\n  grpo: {train: {max_steps: 1}, grpo: {overlong: penalty, overlong_reward: -1.0, "
+        "drop_uniform_groups: false}}\n  eval: {data: {arithmetic: {direct_fraction: 0.0}}}\n"
     )
     out = tmp_path / "run"
     overrides = [

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from posttrain.data.batch import collate, per_token
-from posttrain.data.tokenize import encode_demo, encode_example, encode_prompt
+from posttrain.data.tokenize import Limit, TooLong, encode_demo, encode_example, encode_prompt, fit_demo
 from posttrain.errors import DataError
 from posttrain.models.io import load_tokenizer
 from posttrain.tasks.base import Example
@@ -39,6 +39,28 @@ def test_too_long_names_the_row(tiny_dir: Path) -> None:
     with pytest.raises(DataError) as err:
         encode_example(tok, ex, 64)
     assert str(err.value) == "data.jsonl:7: completion: prompt + completion is 71 tokens, longer than the context of 64"
+
+
+def test_too_long_names_train_max_seq_len_and_the_models_context(tiny_dir: Path) -> None:
+    """A ``Limit`` (what the recipes pass) says which of the two applies, and shows the other."""
+    tok = load_tokenizer(tiny_dir)
+    ex = Example(id="x", prompt="1" * 10, completion="2" * 60, source="data.jsonl:7")
+    with pytest.raises(TooLong) as err:
+        encode_example(tok, ex, Limit.of(128, 64))
+    assert str(err.value) == (
+        "data.jsonl:7: completion: prompt + completion is 71 tokens, longer than the model's context of 64 "
+        "(train.max_seq_len is 128); data.truncation: left, right or drop keeps going without it"
+    )
+    with pytest.raises(TooLong) as err:
+        encode_demo(tok, ex, Limit.of(32, 32, 64))
+    assert "longer than train.max_seq_len=32 (the model's context is 64)" in str(err.value)
+
+
+def test_a_demo_encoded_whole_then_fitted_equals_the_checked_encoding(tiny_dir: Path) -> None:
+    tok = load_tokenizer(tiny_dir)
+    ex = Example(id="m", prompt=CONVERSATION, completion="#7", train_prompt_replies=True)
+    whole = encode_demo(tok, ex, None)
+    assert fit_demo(ex, whole, 64, "drop") is whole and whole == encode_demo(tok, ex, 64)
 
 
 # --- every assistant turn a target; plain language modelling --------------------------
