@@ -3,9 +3,11 @@
 The command line is a thin layer over these functions, which a notebook can call
 directly::
 
-    from posttrain import experiments, load_config, train_sft, train_grpo, run_pipeline
+    from posttrain import experiments, load_config, override, train_sft, train_grpo, run_pipeline
     cfg = load_config(experiments.path("quickstart"), ["train.max_steps=50"], stage="sft")
+    cfg = override(cfg, "optim.lr=3e-4", "output_dir=runs/notebook")  # a new Config, checked
     sft_dir = train_sft(cfg)
+    cfg = load_config({"train": {"max_steps": 50}})  # a dict, checked as a file would be
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 
 _API = {
     "load_config": "posttrain.config",
+    "override": "posttrain.config",
     "Config": "posttrain.config",
     "PosttrainError": "posttrain.errors",
     "train_sft": "posttrain.recipes.sft",

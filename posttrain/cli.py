@@ -11,10 +11,18 @@
     posttrain rm       [--config F] [--resume] [key=value ...]   Bradley-Terry reward model
     posttrain compare  --config F [--resume] [key=value ...]     DPO (offline..online) vs GRPO, over seeds
     posttrain merge    --adapter DIR --out DIR [--dtype D]       LoRA adapters + base -> one HF model
+    posttrain config show [--config F] [--stage NAME] [key=value ...]   the resolved config, as YAML
+    posttrain config keys [SECTION]                               every key: default, type or choices, meaning
 
 ``--config`` takes a YAML file, or the name of an experiment shipped in the package
 (``posttrain.experiments``: quickstart, compare-dpo-grpo, predict-rl); ``run`` defaults
 to ``quickstart``.
+
+Where a command writes: ``output_dir`` if set, else ``runs/<name>`` for a config with a
+name of its own, else a fresh ``runs/<command>-<YYYYmmdd-HHMMSS>``, printed at start, so a
+command on your own model never writes over the demo's ``runs/quickstart/``; ``posttrain run``
+of the packaged quickstart is the demo and keeps ``runs/quickstart``. ``--resume`` needs to
+know the run, so it wants ``output_dir`` (or ``name``) wherever the default would be fresh.
 
 Every bad input the user controls ends in one line naming file, line and field,
 and exit status 2.
@@ -25,12 +33,40 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
+import yaml
+
 from posttrain import experiments
+from posttrain.config import STAGES
+from posttrain.config import describe as schema
 from posttrain.errors import ConfigError, PosttrainError
 
 DEFAULT_EXPERIMENT = "quickstart"
+FRESH_STAMP = "%Y%m%d-%H%M%S"  # runs/<command>-<stamp>: the output directory of a run given neither output_dir nor name
+
+# The config sections each command reads, for its --help. The top-level sections (name,
+# output_dir, seed, threads), model and data are read by all of them.
+_COMMON = (schema.TOP, "model", "data")
+_SFT = ("train", "optim", "lora", "dist")
+_RL = ("train", "optim", "sampling", "rollout", "grpo", "engine", "reward", "lora", "dist")
+_EVAL = ("eval", "engine", "reward")
+SECTIONS_READ: dict[str, tuple[str, ...]] = {
+    "sft": _SFT,
+    "grpo": _RL,
+    "eval": _EVAL,
+    "generate": ("sampling", "engine", "eval", "reward"),
+    "predict": (*_EVAL, "predict"),
+    "dpo": ("train", "optim", "dpo", "lora", "dist", "rollout", "sampling", "engine", "reward"),  # online: rollout..
+    "rm": ("train", "optim", "dist"),
+    "run": (*_RL, "eval", "stages"),
+    "predict-rl": (*_RL, "eval", "predict", "stages"),
+    "compare": (*_RL, "dpo", "eval", "compare", "stages"),
+}
+# the stage overlay (stages.<name>) a command's config is read with; the multi-stage commands read each in turn
+STAGE_OF = {"sft": "sft", "grpo": "grpo", "eval": "eval", "generate": "generate", "dpo": "dpo", "rm": "rm",
+            "predict": "eval"}  # fmt: skip
 
 
 def default_config() -> Path:
@@ -56,8 +92,53 @@ def resolve_config(arg: str) -> Path:
     )
 
 
+def _top_epilog() -> str:
+    # The top-level help is a map: one line a section, and where the keys are. Every key (~130
+    # of them) with its default in every --help would bury the commands; each command's help
+    # lists the sections it reads with their keys and defaults, `config keys` adds the meanings.
+    width = max(len(name) for name, _ in schema.sections())
+    rows = [f"  {name:<{width}}  {summary}" for name, summary in schema.sections()]
+    return "\n".join([
+        "config sections (set any key as section.key=value, or in a --config YAML file):",
+        *rows,
+        "",
+        "posttrain config keys [SECTION]   every key of a section: default, type or choices, meaning",
+        "posttrain config show [--config F] [--stage NAME] [key=value ...]   the resolved config, as YAML",
+        "posttrain COMMAND --help          the sections that command reads, with their keys and defaults",
+    ])  # fmt: skip
+
+
+def _command_epilog(command: str) -> str:
+    sections = [*_COMMON, *SECTIONS_READ[command]]
+    fresh = "runs/<name> for a named config" if command != "run" else "runs/quickstart for the packaged quickstart"
+    return "\n".join([
+        f"config sections posttrain {command} reads, as key=default "
+        "(posttrain config keys SECTION: types, choices, meanings):",
+        *(schema.format_compact(s) for s in sections),
+        "",
+        f"output: output_dir if set, else {fresh}, else a fresh runs/{command}-YYYYmmdd-HHMMSS",
+    ])  # fmt: skip
+
+
+def _add_config_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser("config", help="print the resolved config, or every key with its default and meaning")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="the resolved config as YAML (defaults, file, stage overlay, overrides)")
+    show.add_argument("--config", "-c", help="a YAML file, or a packaged experiment's name; default: the defaults")
+    show.add_argument("--stage", choices=STAGES, help="merge this stage's overlay (stages.NAME), as that stage runs")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
+    keys = csub.add_parser("keys", help="every key: default, type or choices, meaning")
+    keys.add_argument("section", nargs="?", help="a section (optim, data.arithmetic, 'top level') or one key")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posttrain", description="Post-training for causal language models.")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="posttrain",
+        description="Post-training for causal language models.",
+        epilog=_top_epilog(),
+        formatter_class=raw,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     helps = {
         "run": "the whole pipeline: SFT, GRPO, evaluation of both, report",
@@ -72,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
         "compare": "offline, semi-online and online DPO against GRPO at one sampling budget, over seeds",
     }
     for name, text in helps.items():
-        s = sub.add_parser(name, help=text, description=text)
+        s = sub.add_parser(name, help=text, description=text, epilog=_command_epilog(name), formatter_class=raw)
         s.add_argument(
             "--config",
             "-c",
@@ -90,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter", required=True, help="a peft adapter directory, e.g. a LoRA run's final/")
     m.add_argument("--out", required=True, help="where the merged model and tokenizer go")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_config_command(sub)
     return p
 
 
@@ -111,9 +193,82 @@ def check_engines(config: Path | None, overrides: list[str], stages: tuple[str, 
         check_engine(load_config(config, overrides, stage=stage))
 
 
+def fresh_output_dir(command: str) -> Path:
+    """``runs/<command>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... when that exists already."""
+    base = Path("runs") / f"{command}-{time.strftime(FRESH_STAMP)}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def default_output(command: str, config: Path | None, overrides: list[str], resume: bool, world: int) -> list[str]:
+    """The overrides that send a run given neither ``output_dir`` nor a name of its own to a fresh directory.
+
+    Config's own default (``runs/<name>``, name ``quickstart``) stays as it is for library callers;
+    only the CLI, which knows the command, picks ``runs/<command>-<time>`` instead of the demo's
+    directory. The demo itself (``posttrain run`` of the packaged quickstart) keeps ``runs/quickstart``.
+    """
+    from posttrain.config import load_config
+
+    cfg = load_config(config, overrides, stage=STAGE_OF.get(command))
+    if cfg.output_dir or cfg.name != DEFAULT_EXPERIMENT:
+        return []
+    if command == "run" and (config is None or config.resolve() == default_config().resolve()):
+        return []
+    if resume:
+        raise ConfigError(
+            f"--resume needs the run to continue: give its output_dir=DIR (or name=NAME); without either, "
+            f"posttrain {command} starts a fresh runs/{command}-<time>",
+            file="command line",
+            field="--resume",
+        )
+    if world > 1:  # each process would stamp its own time: they must agree on one directory
+        raise ConfigError(
+            "under torchrun, give output_dir=DIR (or name=NAME): every process must write to one directory",
+            file="command line",
+            field="output_dir",
+        )
+    out = fresh_output_dir(command)
+    print(f"posttrain {command}: writing to {out} (output_dir=DIR or name=NAME chooses)", file=sys.stderr)
+    extra = [f"output_dir={out}"]
+    if command in ("eval", "predict") and cfg.eval.cache_dir is None:
+        # the sample cache is keyed by weights, problems and sampling settings, so runs can share one: a rerun
+        # with a larger eval.samples_per_problem still samples only the new chunks
+        extra.append("eval.cache_dir=runs/eval_cache")
+    return extra
+
+
+def config_command(args: argparse.Namespace) -> int:
+    """``posttrain config show`` and ``posttrain config keys``: print, train nothing."""
+    if args.config_command == "keys":
+        docs = schema.section_keys(args.section) if args.section else list(schema.all_keys())
+        print(schema.format_keys(docs))
+        return 0
+    from posttrain.config import load_config, to_dict
+
+    config = resolve_config(args.config) if args.config is not None else None
+    cfg = load_config(config, args.overrides, stage=args.stage)
+    data = to_dict(cfg)
+    source = str(config) if config is not None else "the defaults"
+    header = [f"# posttrain config show: {source}" + (f", stage {args.stage}" if args.stage else "")]
+    if args.stage:  # merged already: without them the output is a config of that stage alone
+        data.pop("stages", None)
+        header.append(f"# stages.{args.stage} is merged in and the stages mapping left out")
+    if not cfg.output_dir:
+        header.append("# output_dir null: runs/<name>, or a fresh runs/<command>-<time> while the name is quickstart")
+    print("\n".join(header))
+    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True), end="")
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int:
     from posttrain.config import load_config
     from posttrain.train.distributed import launched_world
+
+    if args.command == "config":
+        return config_command(args)
 
     if launched_world() > 1 and args.command not in DISTRIBUTED:
         raise PosttrainError(
@@ -128,6 +283,10 @@ def dispatch(args: argparse.Namespace) -> int:
     config = resolve_config(args.config) if args.config is not None else None
     if config is None and args.command == "run":
         config = default_config()
+    args.overrides = [
+        *args.overrides,
+        *default_output(args.command, config, args.overrides, getattr(args, "resume", False), launched_world()),
+    ]
     check_engines(config, args.overrides, SAMPLING_STAGES.get(args.command, ()))
     if args.command == "run":
         from posttrain.recipes.pipeline import run_pipeline

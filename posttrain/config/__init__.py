@@ -71,6 +71,7 @@ __all__ = [
     "TrainConfig",
     "apply_overlay",
     "load_config",
+    "override",
     "parse_override",
     "to_dict",
     "validate",
@@ -176,11 +177,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None,
+    path: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     stage: str | None = None,
 ) -> Config:
-    """Build a validated ``Config`` from an optional YAML file and dotted overrides.
+    """Build a validated ``Config`` from an optional YAML file (or a nested dict) and dotted overrides.
+
+    A dict is read as a file's contents would be, with the same checks and messages,
+    ``dict`` standing for the file name: ``{"optim": {"lr": 3e-4}, "stages": {...}}``.
 
     With ``stage`` set, the file's ``stages.<stage>`` overlay is merged over the
     rest of the file, and the command-line overrides are applied last, so
@@ -189,7 +193,12 @@ def load_config(
     their minutes.
     """
     src = _Source()
-    data: dict[str, Any] = _read_yaml(Path(path), src) if path is not None else {}
+    if path is None:
+        data: dict[str, Any] = {}
+    elif isinstance(path, (str, Path)) or hasattr(path, "__fspath__"):  # any os.PathLike
+        data = _read_yaml(Path(path), src)
+    else:
+        data = _read_mapping(path, src)
     parsed = [parse_override(text) for text in overrides]
     for key, value in parsed:
         src.lines[key] = ("command line", None)
@@ -543,3 +552,69 @@ def _validate_eval_and_sft_data(cfg: Config, need: Callable[[bool, str, str], No
         f"must be <= eval.samples_per_problem ({e.samples_per_problem}): pass@k needs k <= n",
     )
     need(p.rl_samples_per_problem > 0, "predict.rl_samples_per_problem", "must be > 0")
+
+
+# ---------------------------------------------------------------------------
+# The notebook API: a dict as the config, a nested override in one call
+
+DICT = "dict"  # the "file" an error in a config given as a dict names
+OVERRIDE = "override"  # the "file" an error in an override() assignment names
+
+
+def _plain(value: Any) -> Any:
+    """Nested mappings as dicts (``build`` reads dicts), copied so the caller's object is never changed."""
+    from collections.abc import Mapping
+
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _record_keys(data: Any, prefix: str, src: _Source) -> None:
+    """Every key of an in-memory config, located at ``dict``, numbered in lists as a file's are."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            src.lines[f"{prefix}{key}"] = (DICT, None)
+            _record_keys(value, f"{prefix}{key}.", src)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            src.lines[f"{prefix}{i}"] = (DICT, None)
+            _record_keys(item, f"{prefix}{i}.", src)
+
+
+def _read_mapping(data: Any, src: _Source) -> dict[str, Any]:
+    """``load_config``'s dict argument: the contents a YAML file would have held."""
+    from collections.abc import Mapping
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"a config is a YAML file's path or a dict of sections, got {type(data).__name__}", file=DICT, line=None
+        )
+    out: dict[str, Any] = _plain(data)
+    _record_keys(out, "", src)
+    return out
+
+
+def override(cfg: Config, *assignments: str) -> Config:
+    """A new, validated ``cfg`` with dotted ``section.key=value`` assignments applied, as on the command line.
+
+    ``override(cfg, "optim.lr=3e-4", "grpo.kl_coef=0.01")``; a bad key or value is a one-line
+    ``ConfigError`` naming it (``override: optim.lrr: unknown key 'lrr'; did you mean 'lr'?``).
+    ``cfg`` itself is unchanged (it is frozen).
+    """
+    src = _Source()
+    data = to_dict(cfg)
+    for text in assignments:
+        if not isinstance(text, str) or "=" not in text:
+            raise ConfigError(f"{text!r} is not of the form section.key=value", file=OVERRIDE)
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            raise ConfigError(e.message, file=OVERRIDE) from None
+        src.lines[key] = (OVERRIDE, None)
+        _set_dotted(data, key, value)
+    out = build(Config, data, "", src)
+    validate(out, src)
+    return out
