@@ -7,7 +7,7 @@
     posttrain generate [--config F] [--prompt TEXT ...] [key=value ...]
     posttrain predict  [--config F] eval.models='{a: DIR, b: DIR}' [key=value ...]   rank SFT checkpoints for RL
     posttrain predict-rl --config F [--resume] [key=value ...]   SFT variants -> GRPO: which predictor was right
-    posttrain dpo      [--config F] [--resume] [key=value ...]   offline; online with a rollout section
+    posttrain dpo      [--config F] [--resume] [key=value ...]   offline; online with dpo.mode=online
     posttrain rm       [--config F] [--resume] [key=value ...]   Bradley-Terry reward model
     posttrain compare  --config F [--resume] [key=value ...]     DPO (offline..online) vs GRPO, over seeds
     posttrain merge    --adapter DIR --out DIR [--dtype D]       LoRA adapters + base -> one HF model
@@ -143,12 +143,12 @@ def parser() -> argparse.ArgumentParser:
     helps = {
         "run": "the whole pipeline: SFT, GRPO, evaluation of both, report",
         "sft": "supervised fine-tuning on demonstrations",
-        "grpo": "GRPO with the task's verifier (or a reward model) as reward",
+        "grpo": "GRPO and its variants (RLOO, REINFORCE++, GSPO, CISPO, semi-online), rewards from reward.components",
         "eval": "pass@k, maj@k, greedy accuracy and held-out loss of one or more models",
         "generate": "sample completions for prompts",
         "predict": "rank SFT checkpoints by predicted post-RL performance (held-out loss, pass@large-k)",
         "predict-rl": "train SFT variants, run the same GRPO from each, and measure which predictor was right",
-        "dpo": "DPO and its variants: offline on preference pairs, online/semi-online with a rollout section",
+        "dpo": "DPO and its variants: offline on preference pairs, online/semi-online with dpo.mode=online",
         "rm": "a Bradley-Terry reward model from preference pairs",
         "compare": "offline, semi-online and online DPO against GRPO at one sampling budget, over seeds",
     }
