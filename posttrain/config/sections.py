@@ -76,7 +76,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 100  # optimiser steps (SFT, offline DPO, rm) or iterations, one sampled batch each (GRPO, online DPO)
+    max_steps: int = (
+        100  # optimiser steps (SFT, offline DPO, rm) or iterations, one sampled batch each (GRPO, online DPO)
+    )
     batch_size: int = 64  # sequences per optimiser step (SFT)
     micro_batch_size: int = 64  # sequences per forward/backward pass
     max_seq_len: int = 128
