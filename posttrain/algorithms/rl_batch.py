@@ -25,9 +25,9 @@ def rl_rewards(groups: ScoredGroups, overlong: str, overlong_reward: float) -> t
     return rewards
 
 
-def full_batch(groups: ScoredGroups, pad_id: int) -> TokenBatch:
-    """Every sample of the iteration, with its sampler logprobs (``old_logprobs``) per token."""
-    cs = groups.completions
+def full_batch(groups: ScoredGroups, pad_id: int, rows: list[int] | None = None) -> TokenBatch:
+    """The iteration's samples (``rows`` of them, default all), with their sampler logprobs (``old_logprobs``)."""
+    cs = groups.completions if rows is None else [groups.completions[i] for i in rows]
     batch = collate([c.prompt_ids for c in cs], [c.completion_ids for c in cs], pad_id)
     width = batch.response_mask.shape[1]
     prompt_lens = [len(c.prompt_ids) for c in cs]
@@ -46,20 +46,26 @@ def kept_groups(rewards: torch.Tensor, scored: torch.Tensor, drop_uniform: bool)
 
 def rl_batch(
     groups: ScoredGroups,
-    batch: TokenBatch,
+    batch: TokenBatch | None,
     advantages: torch.Tensor,
     keep: torch.Tensor,
     *,
     overlong: str,
     loss_agg: str,
     max_len: int,
+    pad_id: int = 0,
 ) -> TokenBatch | None:
-    """The kept groups' rows of ``batch`` with ``advantages``, ``weights`` and ``group`` per row; None if none."""
+    """The kept groups' rows with ``advantages``, ``weights`` and ``group`` per row; None if none.
+
+    ``batch`` is every sample's (``full_batch``) when one was needed before the groups were
+    chosen (the KL in the reward); without it only the kept rows are laid out, so a step
+    that drops most groups does not pad and place the dropped ones.
+    """
     G = groups.group_size
     rows = [i for i in range(len(groups.completions)) if keep[i // G]]
     if not rows:
         return None
-    out = batch.select(rows)
+    out = batch.select(rows) if batch is not None else full_batch(groups, pad_id, rows)
     if overlong == "mask":
         out.response_mask[groups.truncated.flatten()[rows]] = 0.0
     width = out.response_mask.shape[1]

@@ -56,9 +56,10 @@ class GRPOStep:
         cfg, g = run.cfg, run.cfg.grpo
         pad = int(run.tokenizer.pad_token_id)  # type: ignore[arg-type]
         rewards = rl_rewards(groups, g.overlong, g.overlong_reward)
-        batch = full_batch(groups, pad)
+        batch = None  # every sample's tensors, only when the rewards need them before the groups are chosen
         extra: dict[str, float] = {}
         if g.kl_in == "reward" and run.reference is not None:
+            batch = full_batch(groups, pad)
             add_ref_logprobs(run, batch)
             penalty = kl_reward_penalty(
                 old_logprobs=batch.extra["old_logprobs"], ref_logprobs=batch.extra["ref_logprobs"],
@@ -69,7 +70,7 @@ class GRPOStep:
         keep = kept_groups(rewards, groups.scored, g.drop_uniform_groups)
         advantages = ADVANTAGES[g.advantage](rewards, all_sum=distributed.all_sum)
         kept = rl_batch(groups, batch, advantages, keep, overlong=g.overlong, loss_agg=g.loss_agg,
-                        max_len=cfg.sampling.max_new_tokens)  # fmt: skip
+                        max_len=cfg.sampling.max_new_tokens, pad_id=pad)  # fmt: skip
         dropped = 1.0 - float(keep.float().mean())
         if distributed.active():
             n_groups, n_dropped = distributed.all_sum([len(keep), dropped * len(keep)])
