@@ -29,6 +29,23 @@ Models: the quickstart's tiny Llama (``posttrain/experiments/quickstart.yaml``, 
 and a larger Llama built from a config (hidden 512, 8 layers, ~25M parameters).
 With ``--device cuda`` the figures are ``torch.cuda`` allocated bytes instead of
 resident memory (QLoRA is then possible too: ``--settings qlora``).
+
+``--grpo``: the peak of one GRPO update at a real vocabulary instead, full logits
+against the chunked head (``train.logits_chunk``):
+
+    .venv/bin/python bench/memory.py --grpo --batch 8 --seq 512 --checkpointing
+    .venv/bin/python bench/memory.py --grpo --models qwen-vocab --settings chunk-1024 --batch 8 --seq 512
+
+Models are built from a config with random weights (no download; memory does not
+depend on the values): ``smollm2`` is SmolLM2-135M's (Llama, hidden 576, 30 layers,
+9 heads, 3 KV heads, intermediate 1536, vocabulary 49,152, tied embeddings), and
+``qwen-vocab`` the same body with Qwen2.5's vocabulary of 151,936. A process builds
+its model, allocates AdamW's state (one step on zero gradients, which moves
+nothing), resets ``VmHWM`` and runs one update: ``token_logprobs`` with the entropy
+and its gradient (``grpo.entropy_coef`` > 0) and ``rl_loss`` (PPO clip, KL to a
+reference), backward, clipping, AdamW, exactly as ``GRPOStep.loss_fn`` and
+``optimizer_step`` do. ``--cap-gib`` bounds each process's address space, so a
+setting too large for the machine fails as "over the cap" instead of swapping.
 """
 
 from __future__ import annotations
@@ -71,6 +88,13 @@ SETTINGS: dict[str, list[str]] = {
     "qlora": [*LORA, "lora.quantize=4bit"],  # CUDA + bitsandbytes only; not in the default list
 }
 DEFAULT_SETTINGS = ["baseline", "checkpointing", "accum", "bf16", "lora", "lora+ckpt"]
+SMOLLM2: dict[str, Any] = {  # SmolLM2-135M's config.json sizes
+    "vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+    "num_key_value_heads": 3, "intermediate_size": 1536, "tie_word_embeddings": True,
+    "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+}  # fmt: skip
+GRPO_MODELS: dict[str, dict[str, Any]] = {"smollm2": SMOLLM2, "qwen-vocab": {**SMOLLM2, "vocab_size": 151936}}
+GRPO_SETTINGS = {"full": 0, "chunk-1024": 1024, "chunk-256": 256}  # train.logits_chunk
 MIB = 1024 * 1024
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -174,6 +198,101 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def grpo_run(args: argparse.Namespace) -> dict[str, float]:
+    """This process is one measured GRPO update of ``args.one`` = (model, setting)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from posttrain.algorithms.grpo import LOSS_WEIGHTS, rl_loss
+    from posttrain.algorithms.logprobs import token_logprobs
+    from posttrain.config import OptimConfig
+    from posttrain.recipes.common import enable_checkpointing
+    from posttrain.train.loop import build_optimizer, optimizer_step
+
+    name, setting = args.one
+    sizes = GRPO_MODELS[name]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**sizes, pad_token_id=0)).train()
+    if args.checkpointing:
+        enable_checkpointing(model)
+    vocab = int(sizes["vocab_size"])
+    batch = fixed_batch(args.batch, args.seq, vocab, 0)
+    gen = torch.Generator().manual_seed(1)
+    width = batch.response_mask.shape[1]
+    mask = batch.response_mask
+    uniform = -torch.log(torch.tensor(float(vocab)))  # a random model's logprobs sit near log(1/V)
+    batch.extra = {
+        "old_logprobs": (uniform + 0.1 * torch.randn(mask.shape, generator=gen)) * mask,
+        "ref_logprobs": (uniform + 0.1 * torch.randn(mask.shape, generator=gen)) * mask,
+        "advantages": torch.randn(args.batch, 1, generator=gen).expand(-1, width).contiguous(),
+        "weights": LOSS_WEIGHTS["token_mean"](mask, args.batch)[0],
+    }
+    chunk = GRPO_SETTINGS[setting]
+    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-6), 10)
+    for p in model.parameters():  # AdamW's state, as from the second step on; zero gradients move nothing
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    def loss_fn(mb: Any) -> Any:
+        lp, ent = token_logprobs(model, mb, 1.0, with_entropy=True, entropy_grad=True, chunk=chunk)
+        x = mb.extra
+        return rl_loss(policy_loss="ppo_clip", logprobs=lp, old_logprobs=x["old_logprobs"],
+                       advantages=x["advantages"], response_mask=mb.response_mask, weights=x["weights"],
+                       clip_low=0.2, clip_high=0.28, ref_logprobs=x["ref_logprobs"], kl_coef=0.04,
+                       entropy=ent, entropy_coef=1e-3)  # fmt: skip
+
+    load_mib, rss_mib = status_mib("VmHWM"), status_mib("VmRSS")
+    resident_follows(tensors=True)
+    reset = reset_peak()
+    t0 = time.perf_counter()
+    stats = optimizer_step(model, optimizer, scheduler, [batch], loss_fn, float(mask.sum()), 1.0)
+    peak_mib = status_mib("VmHWM")
+    return {
+        "load_mib": load_mib,
+        "peak_mib": max(peak_mib, load_mib),
+        "train_mib": max(0.0, peak_mib - (rss_mib if reset else load_mib)),
+        "step_s": time.perf_counter() - t0,
+        "loss": float(stats["loss"]),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "trainable_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+def cap_memory(gib: float) -> None:
+    """Bound this process's address space: a setting too large fails here, not in the machine's swap."""
+    import resource
+
+    limit = int(gib * 1024**3)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def grpo_table(results: dict[tuple[str, str], list[dict[str, float]]], args: argparse.Namespace) -> str:
+    lines = [
+        f"GRPO update (PPO clip + KL + entropy bonus), micro-batch {args.batch} x {args.seq} tokens "
+        f"(16 prompt + {args.seq - 16} completion), fp32, gradient checkpointing {'on' if args.checkpointing else 'off'}, "
+        f"{args.threads} threads; resident memory (VmHWM) in MiB, medians of {args.rounds} run(s); {versions()}",
+        "",
+        "| model | vocab | setting | params (M) | load | peak | update | update vs full | loss |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in args.models:
+        base = results.get((model, "full"))
+        base_train = statistics.median(r["train_mib"] for r in base) if base else None
+        for setting in args.settings:
+            runs = results.get((model, setting))
+            vocab = GRPO_MODELS[model]["vocab_size"]
+            if not runs:
+                lines.append(f"| {model} | {vocab} | {setting} | | | | over the cap or failed | | |")
+                continue
+            m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            ratio = f"{m['train_mib'] / base_train:.2f}x" if base_train else ""
+            lines.append(
+                f"| {model} | {vocab} | {setting} | {m['params_m']:.1f} | {m['load_mib']:.0f} | {m['peak_mib']:.0f} | "
+                f"{m['train_mib']:.0f} | {ratio} | {m['loss']:.6f} |"
+            )
+    return "\n".join(lines)
+
+
 def table(results: dict[tuple[str, str], list[dict[str, float]]], args: argparse.Namespace) -> str:
     unit = "CUDA allocated" if args.device.startswith("cuda") else "resident (VmHWM)"
     lines = [
@@ -202,8 +321,11 @@ def table(results: dict[tuple[str, str], list[dict[str, float]]], args: argparse
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=DEFAULT_SETTINGS)
+    p.add_argument("--grpo", action="store_true", help="one GRPO update at a real vocabulary, full vs chunked head")
+    p.add_argument("--models", nargs="+", choices=[*MODELS, *GRPO_MODELS], default=None)
+    p.add_argument("--settings", nargs="+", choices=[*SETTINGS, *GRPO_SETTINGS], default=None)
+    p.add_argument("--checkpointing", action="store_true", help="--grpo: train.gradient_checkpointing")
+    p.add_argument("--cap-gib", type=float, default=9.0, help="--grpo: address-space cap of each measured process")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
@@ -213,13 +335,23 @@ def main() -> None:
     p.add_argument("--root", default=tempfile.mkdtemp())
     p.add_argument("--one", nargs=2, metavar=("MODEL", "SETTING"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    models, settings = (GRPO_MODELS, GRPO_SETTINGS) if args.grpo else (MODELS, SETTINGS)
+    args.models = args.models or list(models)
+    args.settings = args.settings or (list(GRPO_SETTINGS) if args.grpo else DEFAULT_SETTINGS)
+    wrong = [x for x in [*args.models, *args.settings] if x not in models and x not in settings]
+    if wrong:
+        p.error(f"not a{' --grpo' if args.grpo else 'n SFT'} model or setting: {', '.join(wrong)}")
     if args.one:
         torch.set_num_threads(args.threads)
-        print(json.dumps(one_run(args)))
+        if args.grpo:
+            cap_memory(args.cap_gib)
+        print(json.dumps(grpo_run(args) if args.grpo else one_run(args)))
         return
     common = ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--threads",
               str(args.threads), "--device", args.device, "--root", args.root]  # fmt: skip
-    for model in args.models:  # built here, so no run's load figure holds the build
+    if args.grpo:
+        common += ["--grpo", "--cap-gib", str(args.cap_gib), *(["--checkpointing"] if args.checkpointing else [])]
+    for model in [] if args.grpo else args.models:  # built here, so no run's load figure holds the build
         path = Path(args.root) / f"model-{model}"
         if not (path / "config.json").is_file():
             build_tiny(MODELS[model], path, seed=0)
@@ -233,7 +365,7 @@ def main() -> None:
                     print(f"{model} {setting}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}", file=sys.stderr)
                     continue
                 results.setdefault((model, setting), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(table(results, args))
+    print(grpo_table(results, args) if args.grpo else table(results, args))
 
 
 if __name__ == "__main__":

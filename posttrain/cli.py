@@ -3,6 +3,8 @@
     posttrain run      [--config F] [--resume] [key=value ...]   SFT -> GRPO -> eval -> report
     posttrain sft      [--config F] [--resume] [key=value ...]
     posttrain grpo     [--config F] [--resume] [key=value ...]
+    posttrain distill  [--config F] [--resume] model.path=STUDENT teacher.path=TEACHER [key=value ...]
+    posttrain adaptive [--config F] [--resume] [key=value ...]   a temperature head by LPO, vs fixed temperatures
     posttrain eval     [--config F] [key=value ...]
     posttrain generate [--config F] [--prompt TEXT ...] [key=value ...]
     posttrain predict  [--config F] eval.models='{a: DIR, b: DIR}' [key=value ...]   rank SFT checkpoints for RL
@@ -11,8 +13,12 @@
     posttrain rm       [--config F] [--resume] [key=value ...]   Bradley-Terry reward model
     posttrain compare  --config F [--resume] [key=value ...]     DPO (offline..online) vs GRPO, over seeds
     posttrain merge    --adapter DIR --out DIR [--dtype D]       LoRA adapters + base -> one HF model
+    posttrain judge    [--config F] [--resume] [key=value ...]   train an LLM judge with GRPO on checkable verdicts (J1)
+    posttrain judge eval model.path=DIR [data.path=pairs.jsonl]  a judge's accuracy, consistency, parse failures
+    posttrain judge self-taught [--config F] [key=value ...]      Self-Taught Evaluator iterations
     posttrain config show [--config F] [--stage NAME] [key=value ...]   the resolved config, as YAML
     posttrain config keys [SECTION]                               every key: default, type or choices, meaning
+    posttrain data {dedup,decontaminate,prune,synth,select} [--config F] [key=value ...]   make and clean data
 
 ``--config`` takes a YAML file, or the name of an experiment shipped in the package
 (``posttrain.experiments``: quickstart, compare-dpo-grpo, predict-rl); ``run`` defaults
@@ -48,13 +54,14 @@ FRESH_STAMP = "%Y%m%d-%H%M%S"  # runs/<command>-<stamp>: the output directory of
 
 # The config sections each command reads, for its --help. The top-level sections (name,
 # output_dir, seed, threads), model and data are read by all of them.
-_COMMON = (schema.TOP, "model", "data")
+_COMMON = (schema.TOP, "model", "data", "logging")
 _SFT = ("train", "optim", "lora", "dist")
 _RL = ("train", "optim", "sampling", "rollout", "grpo", "engine", "reward", "lora", "dist")
 _EVAL = ("eval", "engine", "reward")
 SECTIONS_READ: dict[str, tuple[str, ...]] = {
     "sft": _SFT,
-    "grpo": _RL,
+    "grpo": (*_RL, "teacher"),
+    "distill": (*_RL, "teacher", "distill"),
     "eval": _EVAL,
     "generate": ("sampling", "engine", "eval", "reward"),
     "predict": (*_EVAL, "predict"),
@@ -63,9 +70,13 @@ SECTIONS_READ: dict[str, tuple[str, ...]] = {
     "run": (*_RL, "eval", "stages"),
     "predict-rl": (*_RL, "eval", "predict", "stages"),
     "compare": (*_RL, "dpo", "eval", "compare", "stages"),
+    "judge": (*_RL, "eval", "stages"),
+    "judge-eval": ("eval", "engine"),  # also `posttrain judge eval`
+    "judge-self-taught": ("train", "optim", "sampling", "engine", "eval", "stages"),  # `posttrain judge self-taught`
+    "adaptive": ("train", "optim", "sampling", "rollout", "adaptive", "engine", "reward", "stages"),
 }
 # the stage overlay (stages.<name>) a command's config is read with; the multi-stage commands read each in turn
-STAGE_OF = {"sft": "sft", "grpo": "grpo", "eval": "eval", "generate": "generate", "dpo": "dpo", "rm": "rm",
+STAGE_OF = {"sft": "sft", "grpo": "grpo", "distill": "distill", "eval": "eval", "generate": "generate", "dpo": "dpo", "rm": "rm",
             "predict": "eval"}  # fmt: skip
 
 
@@ -131,6 +142,36 @@ def _add_config_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     keys.add_argument("section", nargs="?", help="a section (optim, data.arithmetic, 'top level') or one key")
 
 
+def _add_data_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from posttrain.datagen.commands import SUBCOMMANDS
+
+    raw = argparse.RawDescriptionHelpFormatter
+    d = sub.add_parser("data", help="make and clean data: dedup, decontaminate, prune, synth, select")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    epilog = "\n".join([
+        "config sections posttrain data reads, as key=default (posttrain config keys datagen: meanings):",
+        *(schema.format_compact(s) for s in (schema.TOP, "datagen")),
+        "synth also reads model, data (verifier), sampling (the target's answers) and engine",
+        "output: output_dir if set, else runs/<name> for a named config, else a fresh runs/data-NAME-YYYYmmdd-HHMMSS",
+    ])  # fmt: skip
+    for name, text in SUBCOMMANDS.items():
+        s = dsub.add_parser(name, help=text, description=text, epilog=epilog, formatter_class=raw)
+        s.add_argument("--config", "-c", help="a YAML file, or a packaged experiment's name")
+        s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. datagen.input=F")
+
+
+def data_command(args: argparse.Namespace) -> int:
+    """``posttrain data NAME``: one data command on the resolved config."""
+    from posttrain.config import load_config
+    from posttrain.recipes.data import run_data
+
+    config = resolve_config(args.config) if args.config is not None else None
+    command = f"data-{args.data_command}"
+    overrides = [*args.overrides, *default_output(command, config, args.overrides, False, 1)]
+    run_data(args.data_command, load_config(config, overrides))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
@@ -151,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
         "dpo": "DPO and its variants: offline on preference pairs, online/semi-online with dpo.mode=online",
         "rm": "a Bradley-Terry reward model from preference pairs",
         "compare": "offline, semi-online and online DPO against GRPO at one sampling budget, over seeds",
+        "adaptive": "adaptive decoding: a temperature head trained by LPO (LM frozen), compared with fixed temperatures",
+        "distill": "on-policy distillation from teacher.path (reverse KL, GKD's JSD, teacher-sampled mix)",
+        "judge": "train an LLM judge with GRPO on verdicts with a known answer (J1)",
+        "judge-eval": "a judge's accuracy (both orders, per order), position consistency, parse failures (judge eval)",
+        "judge-self-taught": "Self-Taught Evaluator iterations: contrasting pairs, judgments kept if right, SFT",
     }
     for name, text in helps.items():
         s = sub.add_parser(name, help=text, description=text, epilog=_command_epilog(name), formatter_class=raw)
@@ -161,8 +207,10 @@ def parser() -> argparse.ArgumentParser:
             f"run defaults to {DEFAULT_EXPERIMENT}",
         )
         s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
-        if name in ("run", "sft", "grpo", "dpo", "rm", "compare"):
+        if name in ("run", "sft", "grpo", "dpo", "rm", "compare", "distill", "judge"):
             s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        if name == "adaptive":
+            s.add_argument("--resume", action="store_true", help="skip the SFT stage (stages.sft) when it finished")
         if name == "generate":
             s.add_argument("--prompt", action="append", help="a prompt (repeatable); default: test problems")
         if name == "predict-rl":
@@ -172,13 +220,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="where the merged model and tokenizer go")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     _add_config_command(sub)
+    _add_data_command(sub)
     return p
 
 
 DISTRIBUTED = ("sft", "dpo", "grpo")  # the commands torchrun may launch on several processes
 # commands that run several stages, and the stages among them that sample
-SAMPLING_STAGES = {"run": ("grpo", "eval"), "predict-rl": ("grpo", "eval"), "compare": ("dpo", "grpo", "eval")}
-SAMPLING = ("grpo", "dpo", "eval", "generate")  # one-stage commands that sample
+SAMPLING_STAGES = {"run": ("grpo", "eval"), "predict-rl": ("grpo", "eval"), "compare": ("dpo", "grpo", "eval"),
+                   "judge": ("grpo", "eval"), "judge-eval": ("eval",),
+                   "judge-self-taught": ("sft", "eval")}  # fmt: skip
+SAMPLING = ("grpo", "dpo", "eval", "generate", "distill")  # one-stage commands that sample
 
 
 def check_engines(config: Path | None, overrides: list[str], stages: tuple[str, ...]) -> None:
@@ -249,7 +300,8 @@ def config_command(args: argparse.Namespace) -> int:
     from posttrain.config import load_config, to_dict
 
     config = resolve_config(args.config) if args.config is not None else None
-    cfg = load_config(config, args.overrides, stage=args.stage)
+    explained: list[str] = []  # the keys whose default depends on the model (posttrain.config.model_defaults)
+    cfg = load_config(config, args.overrides, stage=args.stage, explain=explained)
     data = to_dict(cfg)
     source = str(config) if config is not None else "the defaults"
     header = [f"# posttrain config show: {source}" + (f", stage {args.stage}" if args.stage else "")]
@@ -258,6 +310,7 @@ def config_command(args: argparse.Namespace) -> int:
         header.append(f"# stages.{args.stage} is merged in and the stages mapping left out")
     if not cfg.output_dir:
         header.append("# output_dir null: runs/<name>, or a fresh runs/<command>-<time> while the name is quickstart")
+    header.extend(f"# {note}" for note in explained)
     print("\n".join(header))
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True), end="")
     return 0
@@ -269,6 +322,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "config":
         return config_command(args)
+    if args.command == "data":
+        return data_command(args)
 
     if launched_world() > 1 and args.command not in DISTRIBUTED:
         raise PosttrainError(
@@ -298,10 +353,25 @@ def dispatch(args: argparse.Namespace) -> int:
 
         run_compare(config, args.overrides, resume=args.resume)
         return 0
+    if args.command in ("judge", "judge-eval", "judge-self-taught"):
+        from posttrain.recipes.judge import run_judge, run_judge_eval, run_self_taught
+
+        if args.command == "judge":
+            run_judge(config, args.overrides, resume=args.resume)
+        elif args.command == "judge-eval":
+            run_judge_eval(load_config(config, args.overrides, stage="eval"))
+        else:
+            run_self_taught(load_config(config, args.overrides, stage="sft"))
+        return 0
     if args.command == "predict-rl":
         from posttrain.recipes.predict_rl import run_predict_rl
 
         run_predict_rl(config, args.overrides, resume=args.resume)
+        return 0
+    if args.command == "adaptive":
+        from posttrain.recipes.adaptive import run_adaptive
+
+        run_adaptive(config, args.overrides, resume=args.resume)
         return 0
     if args.command == "predict":
         from posttrain.recipes.predict import run_predict
@@ -322,6 +392,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from posttrain.recipes.grpo import train_grpo
 
         train_grpo(cfg, resume=args.resume)
+    elif args.command == "distill":
+        from posttrain.recipes.distill import train_distill
+
+        train_distill(cfg, resume=args.resume)
     elif args.command == "eval":
         from posttrain.recipes.evaluate import run_eval
 
@@ -341,7 +415,13 @@ def dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+JUDGE_ACTIONS = ("eval", "self-taught")  # `posttrain judge eval ...` is `posttrain judge-eval ...`
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["judge"] and argv[1:2] and argv[1] in JUDGE_ACTIONS:
+        argv = [f"judge-{argv[1]}", *argv[2:]]
     args = parser().parse_args(argv)
     try:
         return dispatch(args)

@@ -30,6 +30,9 @@ class SamplingParams:
     top_k: int = 0  # 0 disables
     max_new_tokens: int = 64
     seed: int | None = None  # fixes the draw for a whole generate() call
+    # off: one temperature for every token; sample / argmax: each row's (or token's) temperature is the pick of
+    # the engine's temperature head, drawn from its distribution or its most likely (posttrain.models.temperature_head)
+    adaptive: Literal["off", "sample", "argmax"] = "off"
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Completion:
     # the iteration whose weights sampled this completion: equal to the trainer's iteration when
     # on-policy, older when the sampler is synced every s > 1 iterations (semi-online)
     policy_version: int = 0
+    # adaptive decoding: the temperature head's picks (indices into its temperatures), one per completion token
+    # (a per-token head) or one for the whole completion (a per-example head); None: sampled without a head
+    temperature_choices: list[int] | None = None
 
 
 @dataclass
@@ -63,6 +69,9 @@ class ScoreReport:
     messages: list[str] = field(default_factory=list)  # the first MAX_MESSAGES failures, for the log
     components: dict[str, list[float | None]] = field(default_factory=dict)  # name -> unweighted scores
     missing: int = 0  # a component returned None
+    # "<component>/<count>": counts a component keeps of its own (a judge's parse failures, tokens), summed
+    # over ranks into the metrics
+    counts: dict[str, float] = field(default_factory=dict)
 
     def fail(self, i: int, kind: Literal["error", "timeout"], message: str) -> None:
         self.scores[i] = None

@@ -16,6 +16,12 @@ Rules, after "Bridging Offline and Online Reinforcement Learning for LLMs"
   with pairs weighs as much as under ``random``.
 
 "Correct" means a score above ``CORRECT_ABOVE`` (verifiers score 1.0 or 0.0).
+
+- ``divpo`` (Lanchantin et al. 2025, "Diverse Preference Optimization", arXiv
+  2501.18101): split the pool by quality, then the chosen is the most diverse
+  high-quality response and the rejected the least diverse low-quality one
+  (``divpo_pair``; it also needs each response's diversity, so it is not in
+  ``PAIR_RULES``).
 """
 
 from __future__ import annotations
@@ -85,6 +91,47 @@ def group_pairs(scores: Sequence[float], rng: random.Random) -> tuple[list[Pair]
     return [Pair(c, w, weight) for c in correct for w in wrong], None
 
 
+def _divpo_split(
+    scores: Sequence[float], split: str, threshold: float, rng: random.Random
+) -> tuple[list[int], list[int]]:
+    """The high- and low-quality sets of a pool: above / at-or-below ``threshold`` (``absolute``), or the
+    top and bottom ``threshold`` share by reward (``quantile``, ties ranked at random), the high set kept
+    to responses strictly better than every low one so that no pair prefers an equal reward."""
+    if split == "absolute":
+        return [i for i, s in enumerate(scores) if s > threshold], [i for i, s in enumerate(scores) if s <= threshold]
+    k = max(1, int(threshold * len(scores)))
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], rng.random()))
+    low, high = order[:k], order[-k:]
+    worst_high = max(scores[i] for i in low)
+    return [i for i in high if scores[i] > worst_high], low
+
+
+def divpo_pair(
+    scores: Sequence[float],
+    diversity: Sequence[float],
+    split: str,
+    threshold: float,
+    rng: random.Random,
+) -> tuple[list[Pair], Skip | None]:
+    """DivPO's pair of one pool: the most diverse of the high set against the least diverse of the low set.
+
+    ``diversity[i]`` is response i's diversity (larger: rarer; see ``posttrain.eval.diversity``).
+    Ties for either place are broken at random. A pool with no response on one side is
+    skipped as ``all_correct`` (nothing low), ``all_wrong`` (nothing high) or, in the
+    quantile split, ``tie`` (all rewards equal).
+    """
+    high, low = _divpo_split(scores, split, threshold, rng)
+    if not high or not low:
+        if split == "quantile":
+            return [], "tie"
+        return [], "all_correct" if not low else "all_wrong"
+    top = max(diversity[i] for i in high)
+    bottom = min(diversity[i] for i in low)
+    chosen = rng.choice([i for i in high if diversity[i] == top])
+    rejected = rng.choice([i for i in low if diversity[i] == bottom])
+    return [Pair(chosen, rejected)], None
+
+
 PairRule = Callable[[Sequence[float], random.Random], tuple[list[Pair], "Skip | None"]]
 
 PAIR_RULES: dict[str, PairRule] = {
@@ -94,11 +141,25 @@ PAIR_RULES: dict[str, PairRule] = {
 }
 
 
-def build_pairs(rule: str, scores: Sequence[Sequence[float]], rng: random.Random) -> PairSet:
-    """Apply ``PAIR_RULES[rule]`` to each prompt's scores (N prompts x G samples)."""
+def build_pairs(
+    rule: str,
+    scores: Sequence[Sequence[float]],
+    rng: random.Random,
+    diversity: Sequence[Sequence[float]] | None = None,
+    split: str = "absolute",
+    threshold: float = CORRECT_ABOVE,
+) -> PairSet:
+    """Apply ``PAIR_RULES[rule]`` to each prompt's scores (N prompts x G samples).
+
+    ``divpo`` also reads ``diversity`` (one value per sample, N x G) and its quality split.
+    """
     out = PairSet()
     for prompt, row in enumerate(scores):
-        pairs, skip = PAIR_RULES[rule](row, rng)
+        if rule == "divpo":
+            assert diversity is not None, "the divpo rule needs each sample's diversity"
+            pairs, skip = divpo_pair(row, diversity[prompt], split, threshold, rng)
+        else:
+            pairs, skip = PAIR_RULES[rule](row, rng)
         if skip is not None:
             out.skipped[skip] += 1
         out.pairs.extend((prompt, p) for p in pairs)

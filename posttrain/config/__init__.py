@@ -26,22 +26,29 @@ from typing import Any
 
 import yaml
 
+from posttrain.config import model_defaults
 from posttrain.config.build import RENAMED as RENAMED  # the old-key table, where users and tests look for it
 from posttrain.config.build import Source as _Source
 from posttrain.config.build import build, unknown_key
 from posttrain.config.reward import RewardComponentConfig, RewardConfig, validate_reward
 from posttrain.config.sections import (
     STAGES,
+    AdaptiveConfig,
+    AggregationConfig,
     ArithmeticConfig,
     CompareConfig,
     Config,
     DataConfig,
+    DatagenConfig,
     DistConfig,
     DPOConfig,
     EngineConfig,
     EvalConfig,
     GRPOConfig,
+    LengthInstructionsConfig,
+    LoggingConfig,
     LoraConfig,
+    MixedDecodingConfig,
     ModelConfig,
     OptimConfig,
     PredictConfig,
@@ -54,15 +61,21 @@ from posttrain.errors import ConfigError
 
 __all__ = [
     "STAGES",
+    "AdaptiveConfig",
+    "AggregationConfig",
     "ArithmeticConfig",
     "CompareConfig",
     "Config",
     "DataConfig",
+    "MixedDecodingConfig",
+    "DatagenConfig",
     "DistConfig",
     "DPOConfig",
     "EngineConfig",
     "EvalConfig",
     "GRPOConfig",
+    "LengthInstructionsConfig",
+    "LoggingConfig",
     "LoraConfig",
     "ModelConfig",
     "OptimConfig",
@@ -167,8 +180,12 @@ def load_config(
     path: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     stage: str | None = None,
+    explain: list[str] | None = None,
 ) -> Config:
     """Build a validated ``Config`` from an optional YAML file (or a nested dict) and dotted overrides.
+
+    Keys left out take the code defaults, except those a real model changes
+    (``posttrain.config.model_defaults``); each of those is said in ``explain``, when given.
 
     A dict is read as a file's contents would be, with the same checks and messages,
     ``dict`` standing for the file name: ``{"optim": {"lr": 3e-4}, "stages": {...}}``.
@@ -190,7 +207,8 @@ def load_config(
     for key, value in parsed:
         src.lines[key] = ("command line", None)
         _set_dotted(data, key, value)
-    cfg = build(Config, data, "", src)
+    notes: dict[str | None, list[str]] = {None: []}
+    cfg = model_defaults.resolve(build(Config, data, "", src), data, stage, notes[None])
     validate(cfg, src)
     staged = {}
     for name, overlay in cfg.stages.items():
@@ -199,11 +217,15 @@ def load_config(
         if not isinstance(overlay, dict):
             file, line = src.where(f"stages.{name}")
             raise ConfigError("a stage overlay must be a mapping", file=file, line=line, field=f"stages.{name}")
-        staged[name] = _stage_config(data, name, parsed, src)
+        staged[name] = _stage_config(data, name, parsed, src, notes.setdefault(name, []))
+    if explain is not None:
+        explain.extend(notes[stage] if stage in staged else notes[None])
     return staged.get(stage, cfg) if stage is not None else cfg
 
 
-def _stage_config(data: dict[str, Any], name: str, parsed: list[tuple[str, Any]], src: _Source) -> Config:
+def _stage_config(
+    data: dict[str, Any], name: str, parsed: list[tuple[str, Any]], src: _Source, notes: list[str]
+) -> Config:
     merged = _merge({k: v for k, v in data.items() if k != "stages"}, data["stages"][name])
     for key, value in parsed:
         if not key.startswith("stages."):
@@ -214,7 +236,7 @@ def _stage_config(data: dict[str, Any], name: str, parsed: list[tuple[str, Any]]
     stage_src.lines = {k: v for k, v in src.lines.items() if not k.startswith("stages.")}
     stage_src.lines.update({k[len(prefix) :]: v for k, v in src.lines.items() if k.startswith(prefix)})
     stage_src.lines.update({k: ("command line", None) for k, _ in parsed if not k.startswith("stages.")})
-    cfg = build(Config, merged, "", stage_src)
+    cfg = model_defaults.resolve(build(Config, merged, "", stage_src), merged, name, notes)
     validate(cfg, stage_src)
     return cfg
 
@@ -246,7 +268,9 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     need(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0")
     need(t.save_every >= 0, "train.save_every", "must be >= 0 (0 saves only at the end)")
+    need(t.logits_chunk >= 0, "train.logits_chunk", "must be >= 0 tokens (0: the full logits)")
     _validate_optim(o, need)
+    need(cfg.logging.plain_every_s > 0, "logging.plain_every_s", "must be > 0 seconds")
     _validate_model(cfg, need)
     r = cfg.rollout
     need(r.prompts_per_step > 0, "rollout.prompts_per_step", "must be > 0")
@@ -293,10 +317,81 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
         "data.path",
         "the jsonl task needs data.path",
     )
+    need(
+        cfg.data.task != "judge" or cfg.data.judge.source != "preferences" or cfg.data.path is not None,
+        "data.path",
+        "the judge task with data.judge.source=preferences needs data.path: {prompt, chosen, rejected} rows",
+    )
+    j = cfg.data.judge
+    need(
+        cfg.data.task != "judge" or j.source != "sampled" or j.sample_from is not None,
+        "data.judge.sample_from",
+        "data.judge.source=sampled needs the model to sample from (a directory)",
+    )
+    need(j.samples_per_problem >= 2, "data.judge.samples_per_problem", "must be >= 2: a correct and an incorrect")
+    need(j.problems > 0, "data.judge.problems", "must be > 0")
+    need(j.ste_iterations > 0, "data.judge.ste_iterations", "must be > 0")
+    need(j.ste_instructions > 0, "data.judge.ste_instructions", "must be > 0")
+    need(j.ste_judgments > 0, "data.judge.ste_judgments", "must be > 0")
     _validate_eval_and_sft_data(cfg, need)
+    _validate_aggregation(cfg, need)
     _validate_preferences(cfg, src, need)
     _validate_scale(cfg, need)
     validate_reward(cfg.reward, need)
+    _validate_tasks(cfg.data, need)
+    _validate_distill(cfg, need)
+    _validate_datagen(cfg.datagen, need)
+    _validate_adaptive(cfg, need)
+
+
+def _validate_distill(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    """The teacher's and the SFT-RL mixing keys' ranges; the teacher's directory is checked when it loads."""
+    g, d = cfg.grpo, cfg.distill
+    need(g.kd_coef >= 0, "grpo.kd_coef", "must be >= 0 (0: no KD term)")
+    need(g.sft_coef >= 0 and g.sft_coef <= 1, "grpo.sft_coef", "CHORD's mu must be in [0, 1]")
+    need(g.sft_coef_end >= 0 and g.sft_coef_end <= 1, "grpo.sft_coef_end", "CHORD's mu must be in [0, 1]")
+    need(g.luffy_gamma > 0, "grpo.luffy_gamma", "must be > 0")
+    need(0 <= g.prefix_samples < cfg.rollout.samples_per_prompt, "grpo.prefix_samples",
+         f"must be in [0, rollout.samples_per_prompt={cfg.rollout.samples_per_prompt}): a group keeps "
+         "one rollout of its own")  # fmt: skip
+    need(0 < g.prefix_ratio < 1, "grpo.prefix_ratio", "must be in (0, 1)")
+    need(0 <= d.beta <= 1, "distill.beta", "must be in [0, 1] (0: forward KL, 1: reverse KL)")
+    need(0 <= d.on_policy_frac <= 1, "distill.on_policy_frac", "GKD's lambda must be in [0, 1]")
+
+
+_TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _validate_tasks(d: DataConfig, need: Callable[[bool, str, str], None]) -> None:
+    """``data.tasks`` (multi-task RL) and ``data.curriculum``; each task's own reward section as ``reward``."""
+    need(
+        d.curriculum == "fixed" or len(d.tasks) >= 2, "data.curriculum", "ucb picks among data.tasks: give two or more"
+    )
+    seen: set[str] = set()
+    for i, t in enumerate(d.tasks):
+        key = f"data.tasks.{i}"
+        need(_TASK_NAME.fullmatch(t.name) is not None, f"{key}.name", "use letters, digits, _ and - (it names metrics)")
+        need(t.name not in seen, f"{key}.name", f"two tasks are named {t.name!r}")
+        seen.add(t.name)
+        need(t.weight >= 0, f"{key}.weight", "must be >= 0")
+        need(t.task != "jsonl" or t.path is not None, f"{key}.path", "a jsonl task needs a path")
+        need(t.task == "jsonl" or (t.path is None and t.eval_path is None), f"{key}.path",
+             "the arithmetic task generates its problems: set task: jsonl to read a file")  # fmt: skip
+        need(t.arithmetic.num_operands >= 2, f"{key}.arithmetic.num_operands", "must be >= 2")
+        need(1 <= t.arithmetic.digits <= 6, f"{key}.arithmetic.digits", "must be in [1, 6]")
+        if t.reward is not None:
+            prefix = f"{key}.reward."
+
+            def scoped(ok: bool, field: str, message: str, prefix: str = prefix) -> None:
+                need(ok, prefix + field.removeprefix("reward."), message)
+
+            validate_reward(t.reward, scoped)
+    need(not d.tasks or sum(t.weight for t in d.tasks) > 0, "data.tasks", "at least one task needs a weight > 0")
+    u = d.ucb
+    need(u.c >= 0, "data.ucb.c", "must be >= 0")
+    need(u.window > 0, "data.ucb.window", "must be > 0 samples")
+    need(u.temperature > 0, "data.ucb.temperature", "must be > 0")
+    need(0 <= u.min_weight * max(1, len(d.tasks)) < 1, "data.ucb.min_weight", "must be in [0, 1 / number of tasks)")
 
 
 def _floats(obj: Any, prefix: str) -> typing.Iterator[tuple[str, float]]:
@@ -348,6 +443,8 @@ def _validate_scale(cfg: Config, need: Callable[[bool, str, str], None]) -> None
     e, d, lo = cfg.engine, cfg.dist, cfg.lora
     need(e.workers > 0, "engine.workers", "must be > 0")
     need(e.batch_size > 0, "engine.batch_size", "must be > 0")
+    need(e.dtype == "auto" or e.backend == "torch", "engine.dtype",
+         f"only the torch engine samples in its own dtype; the {e.backend} engine follows model.dtype: use auto")  # fmt: skip
     for key in ("sync_timeout_s", "generate_timeout_s"):
         need(getattr(e, key) > 0, f"engine.{key}", "must be > 0 seconds")
     need(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization", "must be in (0, 1)")
@@ -369,6 +466,11 @@ def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, 
     need(d.beta > 0, "dpo.beta", "must be > 0")
     need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
     need(d.nll_coef >= 0, "dpo.nll_coef", "must be >= 0")
+    need(
+        d.divpo_split != "quantile" or 0 < d.divpo_threshold <= 0.5,
+        "dpo.divpo_threshold",
+        "with dpo.divpo_split=quantile it is the share of each pool on each side: must be in (0, 0.5]",
+    )
     need(c.seeds > 0, "compare.seeds", "must be > 0")
     need(c.sampled_responses > 0, "compare.sampled_responses", "must be > 0")
     need(c.eval_points > 0, "compare.eval_points", "must be > 0")
@@ -379,11 +481,84 @@ def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, 
         build(Config, {k: v for k, v in overlay.items() if k != "recipe"}, where, src)  # keys and types
 
 
+def _validate_datagen(d: DatagenConfig, need: Callable[[bool, str, str], None]) -> None:
+    """``posttrain data``'s ranges; which file a subcommand needs is checked when it runs."""
+    need(d.workers > 0, "datagen.workers", "must be > 0")
+    need(d.batch_size > 0, "datagen.batch_size", "must be > 0")
+    need(bool(d.fields.strip()), "datagen.fields", "name the fields to compare (comma-separated), or auto")
+    need(0 < d.dedup.threshold <= 1, "datagen.dedup.threshold", "must be in (0, 1]")
+    need(d.dedup.num_perm >= 16, "datagen.dedup.num_perm", "must be >= 16")
+    need(d.dedup.shingle_words > 0, "datagen.dedup.shingle_words", "must be > 0")
+    need(d.decontaminate.ngram > 0, "datagen.decontaminate.ngram", "must be > 0")
+    p = d.prune
+    need(0 <= p.fraction < 1, "datagen.prune.fraction", "must be in [0, 1)")
+    need(0 <= p.min_score <= 1, "datagen.prune.min_score", "must be in [0, 1]")
+    need(p.min_words > 0, "datagen.prune.min_words", "must be > 0")
+    s = d.synth
+    need(s.num_prompts > 0, "datagen.synth.num_prompts", "must be > 0")
+    need(s.seeds_per_prompt > 0, "datagen.synth.seeds_per_prompt", "must be > 0")
+    need(s.answers > 0, "datagen.synth.answers", "must be > 0")
+    need(s.shard_size > 0, "datagen.synth.shard_size", "must be > 0")
+    need(s.max_shards >= 0, "datagen.synth.max_shards", "must be >= 0 (0: no limit)")
+    need(s.gen_sampling.temperature >= 0, "datagen.synth.gen_sampling.temperature", "must be >= 0 (0 is greedy)")
+    need(s.gen_sampling.max_new_tokens > 0, "datagen.synth.gen_sampling.max_new_tokens", "must be > 0")
+    need(
+        s.filter != "rip" or s.reward_model is not None,
+        "datagen.synth.reward_model",
+        "the rip filter scores responses with a reward model: give its directory",
+    )
+    need(d.select.num > 0, "datagen.select.num", "must be > 0")
+    need(d.select.clusters > 0, "datagen.select.clusters", "must be > 0")
+
+
+def _validate_adaptive(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    """`posttrain adaptive`'s head and comparison, and the mixed decoding task's sizes."""
+    a, m = cfg.adaptive, cfg.data.mixed_decoding
+    temps = a.temperatures
+    need(len(temps) >= 2, "adaptive.temperatures", "the head needs at least two temperatures to choose from")
+    need(all(t >= 0 for t in temps), "adaptive.temperatures", "must be >= 0 (0 is greedy)")
+    need(len(set(temps)) == len(temps), "adaptive.temperatures", f"must differ, got {temps}")
+    need(a.width >= 0, "adaptive.width", "must be >= 0 (0: one linear layer)")
+    need(a.beta > 0, "adaptive.beta", "must be > 0")
+    need(a.eval_prompts >= 0, "adaptive.eval_prompts", "must be >= 0 (0 skips the comparison)")
+    need(a.eval_samples >= 1, "adaptive.eval_samples", "must be >= 1")
+    need(0 <= m.variety_fraction <= 1, "data.mixed_decoding.variety_fraction", "must be in [0, 1]")
+    need(m.list_size >= 1, "data.mixed_decoding.list_size", "must be >= 1")
+    need(m.max_number > m.list_size, "data.mixed_decoding.max_number",
+         f"must be > data.mixed_decoding.list_size ({m.list_size}): some number must be left to answer")  # fmt: skip
+
+
 def apply_overlay(cfg: Config, overlay: dict[str, Any]) -> Config:
     """``cfg`` with the nested mapping ``overlay`` merged over it, checked like a config file."""
     out = build(Config, _merge(to_dict(cfg), overlay), "", _Source())
     validate(out)
     return out
+
+
+def _validate_aggregation(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    li = cfg.data.length_instructions
+    need(0 < li.fraction <= 1, "data.length_instructions.fraction", "must be in (0, 1]")
+    need(li.max_words > 0, "data.length_instructions.max_words", "must be > 0")
+    need(
+        "<MAX_LEN>" in li.template or "{max_len}" in li.template,
+        "data.length_instructions.template",
+        "must hold <MAX_LEN> (or {max_len}), where the word limit goes",
+    )
+    if cfg.data.task != "aggregation":
+        return
+    a = cfg.data.aggregation
+    need(a.candidates_from is not None, "data.aggregation.candidates_from", "the aggregation task needs the model "
+         "directory that samples its candidate solutions")  # fmt: skip
+    need(
+        a.base != "jsonl" or cfg.data.path is not None, "data.path", "an aggregation over a jsonl task needs data.path"
+    )
+    need(a.num_candidates >= 1, "data.aggregation.num_candidates", "must be >= 1")
+    need(a.max_new_tokens > 0, "data.aggregation.max_new_tokens", "must be > 0")
+    need(a.temperature >= 0, "data.aggregation.temperature", "must be >= 0 (0 is greedy)")
+    need(a.batch_size > 0, "data.aggregation.batch_size", "must be > 0")
+    need(a.num_train_problems > 0, "data.aggregation.num_train_problems", "must be > 0")
+    need(0 <= a.easy_kept <= 1, "data.aggregation.easy_kept", "must be in [0, 1]")
+    need(0 <= a.hard_fraction < 1, "data.aggregation.hard_fraction", "must be in [0, 1) (0: use easy_kept)")
 
 
 def _validate_eval_and_sft_data(cfg: Config, need: Callable[[bool, str, str], None]) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-RewardKind = Literal["verifier", "python", "reward_model"]
+RewardKind = Literal["verifier", "python", "reward_model", "judge", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,31 @@ class RewardComponentConfig:
     weight: float = 1.0
     name: str | None = None  # the metric is reward/<name>; default: the kind, or the function's name for python
     function: str | None = None  # python: "file.py:fn" (relative to the working directory) or "pkg.module:fn"
-    path: str | None = None  # reward_model: a directory saved by `posttrain rm`
-    batch_size: int = 64  # reward_model: sequences per forward pass
+    path: str | None = None  # reward_model: a directory saved by `posttrain rm`; judge: a causal LM directory
+    batch_size: int = 64  # reward_model: sequences per forward pass; judge: prompts per generation batch
+    # judge (posttrain/rewards/judge.py): pointwise: its 0-10 score / 10; pairwise: both orders of each pair,
+    # a verdict counts when they agree; the reward is the win rate within the group (or against the reference)
+    mode: Literal["pointwise", "pairwise"] = "pointwise"
+    template: str = "j1"  # judge: j1 (think, then the verdict), short (the tiny model's layout), or a template file
+    against: Literal["group", "reference"] = "group"  # judge pairwise: the group's other samples, or the demonstration
+    max_new_tokens: int = 256  # judge: tokens for its reasoning and verdict
+    temperature: float = 0.0  # judge: sampling temperature of its verdicts (0: greedy)
+    # reward.combine hero|gated: verifier (the 0/1 check) or dense (the score ranked inside each verifier
+    # stratum); auto: a kind: verifier component is the verifier, the other one the dense score
+    role: Literal["auto", "verifier", "dense"] = "auto"
+
+
+@dataclass(frozen=True)
+class HeroConfig:
+    """``reward.combine: hero`` (Tao et al. 2025, arXiv 2510.07242): its stratified normalisation and weights."""
+
+    alpha: float = 0.05  # verifier-wrong samples' dense scores rescaled into [-alpha, alpha]
+    beta: float = 0.05  # verifier-correct samples' dense scores rescaled into [1 - beta, 1 + beta]
+    eps: float = 1e-6  # added to each stratum's (max - min) of dense scores
+    weighting: bool = True  # variance-aware prompt weight: w_min + (w_max - w_min) * sigmoid(k * (std - mean std))
+    w_min: float = 0.4
+    w_max: float = 3.0
+    k: float = 6.0  # the sigmoid's slope
 
 
 def _verifier() -> list[RewardComponentConfig]:
@@ -45,6 +68,10 @@ class RewardConfig:
     components: list[RewardComponentConfig] = field(default_factory=_verifier)
     workers: int = 2  # worker processes (or Ray actors) that run the components which may hang
     timeout_s: float = 10.0  # per call in those workers; a slower call is a timeout, never a 0
+    # weighted_sum: sum of weight * score; hero: the dense score normalised inside each verifier stratum of a
+    # prompt's group, times a variance-aware prompt weight; gated: w_v * verifier + w_d * verifier * dense
+    combine: Literal["weighted_sum", "hero", "gated"] = "weighted_sum"
+    hero: HeroConfig = field(default_factory=HeroConfig)  # reward.combine=hero: its settings
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,53 @@ def component_name(c: RewardComponentConfig) -> str:
     return c.kind
 
 
+def combine_roles(cfg: RewardConfig) -> tuple[int, int]:
+    """(verifier, dense): the component indices ``reward.combine`` hero and gated read; ValueError in words.
+
+    ``role`` names them; ``auto`` makes the one ``kind: verifier`` component the verifier and the
+    other component the dense score. Exactly two components, one of each role.
+    """
+    comps = cfg.components
+    if len(comps) != 2:
+        raise ValueError(f"needs exactly two components, a verifier and a dense score (got {len(comps)})")
+    roles = [c.role if c.role != "auto" else None for c in comps]
+    if roles[0] is None and roles[1] is None:
+        kinds = [c.kind == "verifier" for c in comps]
+        if sum(kinds) != 1:
+            raise ValueError("cannot tell the verifier from the dense score: give each component role: verifier|dense")
+        v = kinds.index(True)
+        return v, 1 - v
+    if roles[0] is None or roles[1] is None:  # one named: the other takes the remaining role
+        named = 0 if roles[0] is not None else 1
+        v = named if roles[named] == "verifier" else 1 - named
+        return v, 1 - v
+    if roles[0] == roles[1]:
+        raise ValueError(f"both components have role: {roles[0]}; one must be the verifier, the other dense")
+    v = roles.index("verifier")
+    return v, 1 - v
+
+
+def _validate_combine(cfg: RewardConfig, need: Callable[[bool, str, str], None]) -> None:
+    h = cfg.hero
+    if cfg.combine == "weighted_sum":
+        for i, c in enumerate(cfg.components):
+            need(c.role == "auto", f"reward.components.{i}.role", "only reward.combine=hero or gated reads a role")
+        return
+    try:
+        combine_roles(cfg)
+    except ValueError as e:
+        need(False, "reward.components", f"reward.combine={cfg.combine} {e}")
+    need(h.alpha >= 0 and h.beta >= 0, "reward.hero.alpha", "alpha and beta must be >= 0")
+    need(
+        1 - h.beta > h.alpha,
+        "reward.hero.beta",
+        f"1 - beta must exceed alpha so every verified sample ranks above every other (alpha={h.alpha}, beta={h.beta})",
+    )
+    need(h.eps > 0, "reward.hero.eps", "must be > 0")
+    need(0 <= h.w_min <= h.w_max, "reward.hero.w_min", f"must be in [0, w_max={h.w_max}]")
+    need(h.k >= 0, "reward.hero.k", "must be >= 0")
+
+
 def validate_reward(cfg: RewardConfig, need: Callable[[bool, str, str], None]) -> None:
     """Checks that read no user code: ``build_reward`` imports the python functions and names their errors."""
     need(cfg.workers > 0, "reward.workers", "must be > 0")
@@ -91,7 +165,12 @@ def validate_reward(cfg: RewardConfig, need: Callable[[bool, str, str], None]) -
         key = f"reward.components.{i}"
         need(math.isfinite(c.weight), f"{key}.weight", "must be a finite number")
         need(c.kind == "python" or c.function is None, f"{key}.function", "only kind: python takes a function")
-        need(c.kind == "reward_model" or c.path is None, f"{key}.path", "only kind: reward_model takes a path")
+        takes_path = c.kind in ("reward_model", "judge")
+        need(takes_path or c.path is None, f"{key}.path", "only kind: reward_model or judge takes a path")
+        if c.kind == "judge":
+            need(c.path is not None, f"{key}.path", "kind: judge needs path: a causal LM directory (the judge)")
+            need(c.max_new_tokens > 0, f"{key}.max_new_tokens", "must be > 0")
+            need(c.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 is greedy)")
         need(c.batch_size > 0, f"{key}.batch_size", "must be > 0")
         if c.kind == "python":
             need(c.function is not None, f"{key}.function", "kind: python needs function: file.py:fn or pkg.module:fn")
@@ -118,3 +197,4 @@ def validate_reward(cfg: RewardConfig, need: Callable[[bool, str, str], None]) -
             f"components {seen.get(name)} and {i} are both named {name!r}: give one a name (it is the metric reward/<name>)",
         )
         seen[name] = i
+    _validate_combine(cfg, need)

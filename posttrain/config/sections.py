@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from posttrain.config.reward import RewardConfig
 
-STAGES = ("sft", "grpo", "eval", "generate", "dpo", "rm", "compare")
+STAGES = ("sft", "grpo", "eval", "generate", "dpo", "rm", "compare", "distill", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,115 @@ class ArithmeticConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class JudgeTaskConfig:
+    """``data.task: judge``: verdict prompts with a known right verdict, to train a judge (tasks/judging.py)."""
+
+    # arithmetic: a worked solution of the built-in task against a corrupted one; preferences: the
+    # {prompt, chosen, rejected} rows of data.path (data.eval_path held out); sampled: a correct and an incorrect
+    # sample of each problem of a verifiable task (the arithmetic task, or data.path as data.task=jsonl reads it)
+    # drawn from sample_from by `posttrain judge`
+    source: Literal["arithmetic", "preferences", "sampled"] = "arithmetic"
+    sample_from: str | None = None  # sampled: the model (directory) whose samples make the pairs
+    samples_per_problem: int = 8  # sampled: samples drawn per problem, at the sampling section's settings
+    problems: int = 256  # sampled: training problems sampled (held out: eval.num_problems, or 200)
+    # `posttrain judge self-taught` (Self-Taught Evaluator): iterations of sample -> keep right verdicts -> SFT
+    ste_iterations: int = 2
+    ste_instructions: int = 128  # instructions per iteration: arithmetic problems, or {prompt} rows of data.path
+    ste_judgments: int = 4  # judgments sampled per judge prompt (each pair in both orders)
+    ste_generator: str | None = None  # data.path instructions: the model writing x' and the responses; None: judge
+    mode: Literal["pairwise", "pointwise"] = "pairwise"  # pick [[A]]/[[B]], or score each response 0-10 as [[n]]
+    template: str = "j1"  # j1 (think, then the verdict), short (compact, for the tiny model's context), or a file
+    # both_orders: sample j earns 1 only when it and sample j of the pair's other order (pairwise) or other
+    # response (pointwise: chosen scored above rejected) are both right; per_order: each verdict on its own
+    reward: Literal["both_orders", "per_order"] = "both_orders"
+    corrupt: Literal["answer", "step", "mixed"] = "mixed"  # arithmetic: the wrong solution's answer, a step, or either
+    demo: Literal["random", "correct"] = "random"  # SFT targets: a random verdict (format warm-up) or the right one
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task of a multi-task RL run (``data.tasks``): its data, its reward, its sampling weight."""
+
+    name: str  # the metrics' task/<name>/...; letters, digits, _ and -
     task: Literal["arithmetic", "jsonl"] = "arithmetic"
+    path: str | None = None  # jsonl: JSONL, Parquet or a datasets directory
+    eval_path: str | None = None  # jsonl: held-out file; default splits `path`
+    format: Literal["plain", "gsm8k", "math", "mc"] = "plain"  # jsonl: the row shape, as data.format
+    verifier: Literal["auto", "exact", "last_number", "math_verify", "choice"] = "auto"  # as data.verifier
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)  # arithmetic: difficulty
+    weight: float = 1.0  # share of each iteration's prompts drawn from this task (normalised over tasks)
+    reward: RewardConfig | None = None  # this task's reward section; None: the run's `reward`
+
+
+@dataclass(frozen=True)
+class UCBConfig:
+    """``data.curriculum: ucb``: DUMP's bandit over ``data.tasks`` (Wang et al. 2025, arXiv 2504.09710)."""
+
+    c: float = 1.0  # exploration: score = mean |advantage| + c * sqrt(2 ln N / n_task)
+    window: int = 256  # recent samples per task whose mean |advantage| is its learnability
+    temperature: float = 0.1  # the mix is softmax(score / temperature) over tasks
+    min_weight: float = 0.0  # floor of each task's share (then renormalised), so no task is starved
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """``data.task: aggregation``: an aggregator reads a problem and m candidate solutions (AggLM; tasks/aggregation.py)."""
+
+    base: Literal["arithmetic", "jsonl"] = "arithmetic"  # the verifiable task whose problems are aggregated
+    candidates_from: str | None = None  # the model directory that samples the candidate solutions (required)
+    num_candidates: int = 4  # m: candidate solutions per problem
+    temperature: float = 1.0  # sampling temperature of the candidates
+    max_new_tokens: int = 64  # tokens per candidate
+    seed: int = 0  # the candidates' sampling seed
+    batch_size: int = 256  # sequences per generation batch when drawing candidates
+    num_train_problems: int = 256  # base training problems drawn once (then mixed) for the training pool
+    easy_kept: float = 0.5  # share of easy problems (majority vote right) kept beside all hard ones (the paper's half)
+    hard_fraction: float = 0.0  # > 0: keep as many easy problems as make hard ones this share of the mix instead
+    instruction: str = "Check the solutions and write the correct one."  # after the numbered candidates
+    cache_dir: str | None = None  # where candidates are cached; default: <candidates_from>/aggregation_cache
+    reward_model: str | None = None  # posttrain eval: a reward model directory for the best-of-m baseline
+
+
+@dataclass(frozen=True)
+class MixedDecodingConfig:
+    """``data.task: mixed_decoding``: arithmetic prompts that reward exactness beside ones that reward variety."""
+
+    variety_fraction: float = 0.5  # share of prompts that ask for a number not in a list (the rest: data.arithmetic)
+    list_size: int = 4  # numbers listed in a variety prompt
+    max_number: int = 50  # variety prompts: numbers are drawn from [0, max_number)
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """`posttrain adaptive`: adaptive decoding, a temperature head trained by LPO with the LM frozen.
+
+    After "Adaptive Decoding via Latent Preference Optimization" (Dhuliawala et al. 2024);
+    see posttrain/models/temperature_head.py and posttrain/algorithms/lpo.py.
+    """
+
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8, 1.2])  # the head's choices; 0: greedy
+    level: Literal["example", "token"] = "example"  # one temperature per response (from the prompt) or per token
+    width: int = 64  # the head's hidden layer on the LM's last hidden state; 0: one linear layer
+    beta: float = 1.0  # LPO's beta: the scale of the choice log-probability margin
+    eval_choice: Literal["argmax", "sample"] = "argmax"  # the comparison: the head's most likely temperature, or a draw
+    eval_prompts: int = 32  # the comparison: held-out prompts of each kind (mixed_decoding: exact, variety)
+    eval_samples: int = 8  # the comparison: samples per prompt (a variety prompt's group)
+
+
+@dataclass(frozen=True)
+class LengthInstructionsConfig:
+    """LIFT length instructions (Yuan et al. 2024) in preference pairs, demonstrations and prompts (tasks/length.py)."""
+
+    enabled: bool = False  # put a length instruction before prompts (offline DPO: add instructed pairs)
+    template: str = "Answer the following instruction using <MAX_LEN> words or less."  # the paper's
+    fraction: float = 1.0  # offline DPO: share of the pairs that get a length-instructed copy
+    keep_original: bool = True  # offline DPO: keep the uninstructed pairs beside the instructed copies
+    max_words: int = 20  # the limit of test prompts (evaluation) and of prompts without a demonstration
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: Literal["arithmetic", "jsonl", "judge", "aggregation", "mixed_decoding"] = "arithmetic"
     path: str | None = None  # jsonl task: JSONL, Parquet or a datasets directory
     eval_path: str | None = None  # jsonl task: held-out file; default splits `path`
     # jsonl task: the row shape, and the answer checker (auto: plain, gsm8k -> last_number,
@@ -57,6 +164,10 @@ class DataConfig:
     verifier: Literal["auto", "exact", "last_number", "math_verify", "choice"] = "auto"
     num_train: int = 20000  # demonstrations generated for SFT (arithmetic task)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    judge: JudgeTaskConfig = field(default_factory=JudgeTaskConfig)  # data.task=judge: the verdict task
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)  # data.task=aggregation (AggLM)
+    length_instructions: LengthInstructionsConfig = field(default_factory=LengthInstructionsConfig)  # LIFT
+    mixed_decoding: MixedDecodingConfig = field(default_factory=MixedDecodingConfig)  # data.task=mixed_decoding
     # SFT data selection (defaults keep every demonstration)
     train_fraction: float = 1.0  # share of the demonstrations used: a seeded subset
     min_demo_tokens: int = 0  # drop demonstrations whose completion is shorter
@@ -72,6 +183,11 @@ class DataConfig:
     # summary (drop), one-line error (error), prompt's start cut (left), completion's end cut, eos and all
     # (right); an RL or evaluation prompt with no room for max_new_tokens: error, or skipped in every other mode
     truncation: Literal["error", "left", "right", "drop"] = "drop"
+    # multi-task RL (grpo, online dpo, eval): several tasks in one run, each prompt drawn from a task by its
+    # weight and scored by that task's reward; set, it replaces data.task/path/format/verifier/arithmetic
+    tasks: list[TaskConfig] = field(default_factory=list)
+    curriculum: Literal["fixed", "ucb"] = "fixed"  # over data.tasks: their weights, or DUMP's UCB bandit (data.ucb)
+    ucb: UCBConfig = field(default_factory=UCBConfig)  # data.curriculum=ucb: its settings
 
 
 @dataclass(frozen=True)
@@ -89,6 +205,9 @@ class TrainConfig:
     # SFT, GRPO: lay short sequences end to end in rows of the longest one's length instead of padding
     packing: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # tokens per block of the LM head and log-softmax in every loss, reference and held-out NLL pass, so
+    # no (batch, tokens, vocab) logits exist at once (docs/speed.md); 0: the full logits, as before
+    logits_chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +265,9 @@ class EngineConfig:
     address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts a local one
     gpu_memory_utilization: float = 0.3  # vllm: share of the GPU's memory vLLM may take (weights + KV cache)
     enforce_eager: bool = False  # vllm: skip torch.compile and CUDA graphs (faster start, slower decode)
+    # torch: the sampler's weights; bfloat16 samples from a bf16 copy while training stays fp32, and GRPO then
+    # recomputes old_logprobs with the trainer (docs/speed.md); auto: the trainer's own weights
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -170,6 +292,40 @@ class GRPOConfig:
     drop_uniform_groups: bool = True
     overlong: Literal["mask", "penalty", "none"] = "mask"
     overlong_reward: float = 0.0  # reward given to truncated completions with overlong=penalty
+    # KDRL (Xu et al. 2025), CHORD, LUFFY, Prefix-RFT: teacher and expert terms (posttrain.recipes.distill)
+    kd_coef: float = 0.0  # KDRL: weight of a KL estimate to teacher.path on the sampled tokens; 0: off
+    kd_schedule: Literal["constant", "linear"] = "constant"  # linear: kd_coef decays to 0 by the last iteration
+    kd_estimator: Literal["k1", "k2", "k3"] = "k2"  # of KL(student || teacher) per token; k2's gradient is its own
+    kd_mask: Literal["none", "incorrect"] = "none"  # incorrect: KD only on samples whose reward < kd_mask_threshold
+    kd_mask_threshold: float = 1.0  # kd_mask=incorrect: the reward below which a sample is wrong
+    sft_coef: float = 0.0  # CHORD's mu: (1 - mu) RL loss + mu SFT loss on the prompts' demonstrations; 0: off
+    sft_coef_end: float = 0.0  # mu at the last iteration with sft_schedule=linear
+    sft_schedule: Literal["constant", "linear"] = "constant"  # linear: mu from sft_coef to sft_coef_end
+    sft_phi: bool = False  # CHORD-phi: weight each demonstration token's NLL by p * (1 - p)
+    luffy: bool = False  # LUFFY: each group's last sample is the prompt's demonstration, with a shaped weight
+    luffy_gamma: float = 0.1  # LUFFY's shaping f(p) = p / (p + gamma) in place of the clipped ratio
+    prefix_samples: int = 0  # Prefix-RFT: samples of each group that continue a demonstration's prefix; 0: off
+    prefix_ratio: float = 0.5  # share of the demonstration's tokens given as the prefix
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher of `posttrain distill` and of KDRL (``grpo.kd_coef``): a causal LM with the student's tokenizer."""
+
+    path: str | None = None  # a causal LM directory (e.g. a run's final/); needed by distill and grpo.kd_coef > 0
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"  # auto: the student's device
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`posttrain distill`: on-policy distillation (GKD, Agarwal et al. 2024) on the shared RL loop."""
+
+    # reverse_kl: KL(student || teacher) over the vocabulary; jsd: GKD's JSD(beta); sampled: the sampled
+    # tokens' log-ratio as a per-token advantage (only the teacher's logprobs of the sampled tokens are read)
+    loss: Literal["reverse_kl", "jsd", "sampled"] = "reverse_kl"
+    beta: float = 0.5  # jsd: 0 is the forward KL(teacher || student), 1 the reverse KL
+    on_policy_frac: float = 1.0  # GKD's lambda: share of iterations the student samples; the teacher samples the rest
 
 
 @dataclass(frozen=True)
@@ -177,7 +333,14 @@ class DPOConfig:
     """`posttrain dpo`: the preference loss (``posttrain.algorithms.dpo``) and where the pairs come from."""
 
     mode: Literal["offline", "online"] = "offline"  # offline: pairs from data.path; online: the policy samples them
-    pairs: Literal["random", "best_worst", "group"] = "random"  # online: posttrain.algorithms.pairs
+    pairs: Literal["random", "best_worst", "group", "divpo"] = "random"  # online: posttrain.algorithms.pairs
+    # divpo: how a response's diversity is measured: minus its mean logprob under the policy, the rarity of
+    # its words in the pool, or its mean distance to the others (bags of 1-2-grams); posttrain/eval/diversity.py
+    divpo_criterion: Literal["logprob", "word_frequency", "embedding"] = "logprob"
+    # divpo: the quality split: reward above / at-or-below divpo_threshold (absolute), or the top and bottom
+    # divpo_threshold share of each pool by reward (quantile, in (0, 0.5])
+    divpo_split: Literal["absolute", "quantile"] = "absolute"
+    divpo_threshold: float = 0.5  # divpo: the reward threshold (absolute) or the share on each side (quantile)
     loss: Literal["sigmoid", "cdpo", "ipo", "simpo", "rpo"] = "sigmoid"
     beta: float = 0.1
     label_smoothing: float = 0.0  # cdpo: assumed share of flipped preference labels, in [0, 0.5)
@@ -249,6 +412,98 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    """`posttrain data dedup`: exact (normalised text hash), then near duplicates (MinHash LSH, datasketch)."""
+
+    near: bool = True  # also drop near duplicates; False: exact duplicates only
+    threshold: float = 0.8  # estimated Jaccard similarity of word shingles at which a row is a near duplicate
+    num_perm: int = 128  # MinHash permutations: more is a finer Jaccard estimate, slower
+    shingle_words: int = 5  # words per shingle (set element) of the MinHash
+
+
+@dataclass(frozen=True)
+class DecontaminateConfig:
+    """`posttrain data decontaminate`: drop training rows sharing an n-gram with an evaluation row."""
+
+    eval_paths: list[str] = field(default_factory=list)  # evaluation files (JSONL or Parquet) to protect
+    ngram: int = 13  # words per n-gram (GPT-3's 13-gram rule; TULU 3 reports 8)
+    eval_fields: str = "auto"  # the eval rows' compared fields, as datagen.fields; auto: the question-like field
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """`posttrain data prune`: Sharma et al. 2024's line heuristics and document quality score."""
+
+    fraction: float = 0.2  # share of rows with the lowest document scores removed
+    min_score: float = 0.0  # also remove rows scoring below this (0..1); 0: the fraction alone decides
+    # equal: every line filter weighs 1; perplexity: w_i = max(0, (PPL_all - PPL_i) / PPL_all) from prune.model
+    weights: Literal["equal", "perplexity"] = "equal"
+    model: str | None = None  # weights=perplexity: a causal LM directory; None: model.path (or the tiny model)
+    min_words: int = 3  # the line filter min_words: a line needs at least this many words
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`posttrain data synth`: CoT-Self-Instruct (Yu et al. 2025) from a seed file, filtered."""
+
+    num_prompts: int = 64  # generation prompts written (each asks for one new task)
+    seeds_per_prompt: int = 2  # k seed tasks shown in each generation prompt
+    kind: Literal["verifiable", "instruction"] = "verifiable"  # a task with an answer, or an open instruction
+    # answer_consistency: majority of K target answers == the generated one (verifiable); rip: lowest of K
+    # reward-model scores >= rip_threshold (instruction); none: keep every parsed task
+    filter: Literal["auto", "answer_consistency", "rip", "none"] = "auto"
+    answers: int = 4  # K: target-model answers (answer_consistency) or responses scored (rip) per task
+    reward_model: str | None = None  # rip: a reward model directory written by `posttrain rm`
+    rip_threshold: float = 0.0  # rip: keep a task when its lowest-scored response scores at least this
+    shard_size: int = 16  # generation prompts per output shard (shard-00000.jsonl, ...): the unit of resume
+    max_shards: int = 0  # stop after writing this many shards (a later run resumes); 0: no limit
+    # how the generator samples its reasoning and new task (the target's answers use `sampling`)
+    gen_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.8, max_new_tokens=256))
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """`posttrain data select`: NaturalThoughts (Li et al. 2025) selection of teacher traces."""
+
+    num: int = 100  # traces selected
+    # random; longest/shortest trace; difficulty: models disagree or a difficulty field; diversity: strategies
+    method: Literal["random", "longest", "shortest", "difficulty", "diversity"] = "random"
+    difficulty_field: str | None = None  # difficulty: rank by this numeric field (higher first) instead of disagreement
+    second_answer_field: str = "second_answer"  # difficulty: the second model's answer, compared with the teacher's
+    diversity: Literal["keywords", "ngram_clusters"] = "keywords"  # how strategies are found: tags or k-means
+    clusters: int = 8  # diversity=ngram_clusters: k of k-means over word n-gram vectors
+
+
+@dataclass(frozen=True)
+class DatagenConfig:
+    """`posttrain data`: dedup, decontaminate, prune, synth, select (``posttrain.datagen``)."""
+
+    input: str | None = None  # the rows to filter, synth's seed tasks, or select's pool (JSONL or Parquet)
+    output_format: Literal["jsonl", "parquet"] = "jsonl"  # kept rows: output_dir/kept.jsonl or kept.parquet
+    # the fields whose text is compared and scored, comma-separated; auto: the first of prompt, question,
+    # problem, messages (all turns' contents), text, instruction
+    fields: str = "auto"
+    backend: Literal["local", "ray"] = "local"  # local: this process; ray: Ray Data with datagen.workers actors
+    workers: int = 2  # ray: actors in each map pool
+    batch_size: int = 64  # ray: rows per map batch
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where training metrics go beside ``metrics.jsonl``, and how progress is shown (``posttrain.train.metrics``)."""
+
+    tensorboard: bool = False  # also write every metrics record as TensorBoard scalars, in tensorboard/ beside it
+    wandb: str | None = None  # a W&B project: also log every record there (pip install 'posttrain[wandb]')
+    # stderr not a terminal (CI logs, Slurm): a plain progress line at most this often, and at the end
+    plain_every_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "quickstart"
     output_dir: str | None = None  # default: runs/<name>
@@ -269,6 +524,11 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     lora: LoraConfig | None = None  # set: train low-rank adapters instead of every weight
     compare: CompareConfig = field(default_factory=CompareConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # distill, grpo.kd_coef
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    datagen: DatagenConfig = field(default_factory=DatagenConfig)  # `posttrain data`: synthesis, selection, filters
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # `posttrain adaptive`: a temperature head, LPO
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

@@ -2,10 +2,18 @@
 
 ``write_report`` turns the training metrics (one record per optimiser step,
 any stage names) and the evaluation results (one entry per checkpoint) into
-``report.md`` with ``plots/loss.png``, ``plots/reward.png`` and
-``plots/pass_at_k.png``. The report states how every number was estimated,
-so a reader can tell pass@1 at temperature T from greedy accuracy, and it
-says so when a plot was skipped for lack of data instead of failing.
+``report.md`` with ``plots/loss.png`` (one axis per stage: SFT's cross-entropy
+and GRPO's surrogate loss are different quantities on different scales),
+``plots/reward.png`` (each step's mean reward, a moving average and its band),
+``plots/rl_diagnostics.png`` (entropy, clip fraction, KL, completion length,
+truncation rate: the numbers that tell a collapsing or stalled RL run) and
+``plots/pass_at_k.png`` (pass@k with maj@k and greedy accuracy marked). The
+report states how every number was estimated, so a reader can tell pass@1 at
+temperature T from greedy accuracy, says of each difference between checkpoints
+whether the two 95% intervals overlap (overlapping intervals: the difference is
+not established by this evaluation; separate ones: it is, at about that level),
+shows a few sample generations of each checkpoint, and says so when a plot was
+skipped for lack of data instead of failing.
 
 Plots are drawn on ``matplotlib.figure.Figure`` objects with an explicit Agg
 canvas rather than through pyplot: that renders headless without switching
@@ -87,6 +95,12 @@ def _skip(path: Path) -> bool:
     return False
 
 
+def _stage_axes(fig: Figure, n: int) -> list[Any]:
+    """``n`` stacked axes, each with a y scale of its own."""
+    axes = fig.subplots(n, 1, squeeze=False)
+    return [row[0] for row in axes]
+
+
 def _plot_series(metrics: list[dict[str, Any]], key: str, ylabel: str, path: Path) -> bool:
     """One line per stage of ``key`` against step; False (and no file) when there is nothing to plot."""
     series = _series(metrics, key)
@@ -107,13 +121,95 @@ def _plot_series(metrics: list[dict[str, Any]], key: str, ylabel: str, path: Pat
 
 
 def plot_loss(metrics: list[dict[str, Any]], path: Path) -> bool:
-    """Loss per step, one line per stage. Returns whether a plot was written."""
-    return _plot_series(metrics, "loss", "loss", path)
+    """Loss per step, one axis per stage (an SFT NLL and an RL surrogate share no scale). Whether a plot was written."""
+    series = _series(metrics, "loss")
+    if not series:
+        return _skip(path)
+    fig = Figure(figsize=(7, 2.6 * len(series) + 0.6))
+    for ax, (stage, (xs, ys)) in zip(_stage_axes(fig, len(series)), series.items()):
+        ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
+        ax.set_ylabel(f"{stage} loss")
+        ax.set_title(f"{stage}: loss per step", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax.set_xlabel("step")
+    _save(fig, path)
+    return True
+
+
+def smooth_window(n: int) -> int:
+    """The moving average's width for ``n`` points: a tenth of them, at least 1, at most 50."""
+    return max(1, min(50, n // 10))
+
+
+def moving_band(ys: list[float], window: int) -> tuple[list[float], list[float], list[float]]:
+    """Trailing moving mean of ``ys`` over ``window`` points, and mean - std, mean + std of the same points."""
+    mean, lo, hi = [], [], []
+    for i in range(len(ys)):
+        part = ys[max(0, i - window + 1) : i + 1]
+        m = sum(part) / len(part)
+        sd = math.sqrt(sum((y - m) ** 2 for y in part) / len(part))
+        mean.append(m)
+        lo.append(m - sd)
+        hi.append(m + sd)
+    return mean, lo, hi
 
 
 def plot_reward(metrics: list[dict[str, Any]], path: Path) -> bool:
-    """Mean reward per step, one line per stage that logs one. Returns whether a plot was written."""
-    return _plot_series(metrics, "reward", "mean reward", path)
+    """Mean reward per step, faint, with a moving average and a band of one standard deviation of the
+    same window around it, one line per stage that logs one. Returns whether a plot was written."""
+    series = _series(metrics, "reward")
+    if not series:
+        return _skip(path)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    widths = []
+    for stage, (xs, ys) in series.items():
+        window = smooth_window(len(ys))
+        widths.append(window)
+        mean, lo, hi = moving_band(ys, window)
+        (line,) = ax.plot(xs, mean, label=f"{stage} (moving mean of {window})")
+        ax.plot(xs, ys, color=line.get_color(), alpha=0.3, linewidth=0.8)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("mean reward")
+    ax.set_title("mean reward per step; faint: each step, shaded: ±1 std of the window")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+# the RL diagnostics GRPO logs (posttrain.recipes.grpo), each with what it shows
+DIAGNOSTICS = (
+    ("entropy", "token entropy"),  # falling to ~0: the policy has collapsed onto few answers
+    ("clip_frac", "clip fraction"),  # share of tokens whose ratio was clipped: how far updates go off-policy
+    ("kl", "KL to reference"),
+    ("completion_len", "completion tokens"),
+    ("truncated_frac", "truncation rate"),  # share of completions cut at max_new_tokens
+)
+
+
+def plot_diagnostics(metrics: list[dict[str, Any]], path: Path) -> bool:
+    """One axis per RL diagnostic some record logs, one line per stage. Returns whether a plot was written."""
+    present = [(key, label, _series(metrics, key)) for key, label in DIAGNOSTICS]
+    present = [(key, label, series) for key, label, series in present if series]
+    if not present:
+        return _skip(path)
+    fig = Figure(figsize=(7, 2.2 * len(present) + 0.6))
+    for ax, (_key, label, series) in zip(_stage_axes(fig, len(present)), present):
+        for stage, (xs, ys) in series.items():
+            ax.plot(xs, ys, label=stage, marker="." if len(xs) < 50 else None)
+        ax.set_ylabel(label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    fig.suptitle("RL diagnostics per step")
+    _save(fig, path)
+    return True
 
 
 def plot_pass_at_k(results: dict[str, dict[str, Any]], path: Path) -> bool:
@@ -132,13 +228,23 @@ def plot_pass_at_k(results: dict[str, dict[str, Any]], path: Path) -> bool:
         band = _ci_band(results[name].get("pass_at_k_ci"), ks)
         if band is not None:
             ax.fill_between(ks, band[0], band[1], color=line.get_color(), alpha=0.2, linewidth=0)
+        maj = _by_k(results[name].get("maj_at_k"))
+        if maj:
+            all_ks.update(maj)
+            ax.plot(list(maj), list(maj.values()), linestyle="--", marker="s", markersize=4,
+                    color=line.get_color(), label=f"{name} maj@k")  # fmt: skip
+        greedy = _num(results[name].get("greedy_accuracy"))
+        if greedy is not None:
+            ax.axhline(greedy, linestyle=":", color=line.get_color(), label=f"{name} greedy")
     ax.set_xscale("log", base=2)
     ticks = sorted(all_ks)
     ax.set_xticks(ticks, labels=[str(k) for k in ticks])
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k")
-    ax.set_title("pass@k (unbiased estimator); shaded: bootstrap interval")
+    ax.set_title(
+        "pass@k (unbiased estimator), shaded: bootstrap interval;\ndashed: maj@k, dotted: greedy accuracy", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
@@ -267,18 +373,93 @@ def format_eval_markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def _interval(r: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """The 95% bootstrap interval of ``metric`` (pass@1 or greedy accuracy) in one checkpoint's record."""
+    if metric == "pass@1":
+        band = _ci_band(r.get("pass_at_k_ci"), [1])
+        return None if band is None else (band[0][0], band[1][0])
+    ci = r.get("greedy_accuracy_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and _num(ci[0]) is not None and _num(ci[1]) is not None:
+        return float(ci[0]), float(ci[1])
+    return None
+
+
+def overlap_verdict(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
+    """Whether two 95% intervals overlap, in words; overlapping ones do not establish a difference.
+
+    Non-overlap of two 95% intervals is a stricter test than a 95% test of the difference
+    (it corresponds to roughly p < 0.006 for equal widths; Schenker & Gentleman 2001), so
+    "overlap" does not prove there is no difference, only that this evaluation does not show one.
+    """
+    if a is None or b is None:
+        return "no interval to compare"
+    ia, ib = f"[{a[0]:.3f}, {a[1]:.3f}]", f"[{b[0]:.3f}, {b[1]:.3f}]"
+    if a[1] < b[0] or b[1] < a[0]:
+        return f"95% intervals {ia} and {ib} do not overlap: a difference beyond sampling noise"
+    return f"95% intervals {ia} and {ib} overlap: not shown to differ by this evaluation"
+
+
 def _pass1_changes(results: dict[str, dict[str, Any]]) -> list[str]:
     names = list(results)
     if len(names) < 2:
         return ["- one checkpoint: nothing to compare."]
     lines = []
     for before, after in zip(names, names[1:]):
-        a, b = _by_k(results[before].get("pass_at_k")).get(1), _by_k(results[after].get("pass_at_k")).get(1)
+        ra, rb = results[before], results[after]
+        a, b = _by_k(ra.get("pass_at_k")).get(1), _by_k(rb.get("pass_at_k")).get(1)
         if a is None or b is None:
             lines.append(f"- {before} → {after}: {DASH} (pass@1 missing)")
         else:
-            lines.append(f"- {before} → {after}: {100 * (b - a):+.1f} points ({a:.3f} → {b:.3f})")
+            verdict = overlap_verdict(_interval(ra, "pass@1"), _interval(rb, "pass@1"))
+            lines.append(f"- {before} → {after}: {100 * (b - a):+.1f} points ({a:.3f} → {b:.3f}); {verdict}")
+        ga, gb = _num(ra.get("greedy_accuracy")), _num(rb.get("greedy_accuracy"))
+        if ga is not None and gb is not None:
+            verdict = overlap_verdict(_interval(ra, "greedy"), _interval(rb, "greedy"))
+            lines.append(f"- {before} → {after}, greedy accuracy: {100 * (gb - ga):+.1f} points "
+                         f"({ga:.3f} → {gb:.3f}); {verdict}")  # fmt: skip
     return lines
+
+
+SAMPLES_SHOWN = 3  # sample generations per checkpoint in eval.json and the report
+
+
+def sample_generations(
+    problems: list[Any], samples: list[list[Any]], checks: list[list[Any]], count: int = SAMPLES_SHOWN
+) -> list[dict[str, Any]]:
+    """The first sample of the first ``count`` problems, with its check: what the numbers are made of."""
+    out = []
+    for ex, row, row_checks in list(zip(problems, samples, checks))[:count]:
+        if not row:
+            continue
+        check = row_checks[0]
+        out.append({
+            "id": str(ex.id), "prompt": ex.prompt if isinstance(ex.prompt, str) else str(ex.prompt),
+            "completion": row[0].text, "answer": check.answer,
+            "score": check.score if check.status == "ok" else None, "gold": getattr(ex, "answer", None),
+        })  # fmt: skip
+    return out
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def format_samples(results: dict[str, dict[str, Any]]) -> str | None:
+    """A few generations of every checkpoint (``sample_generations`` in its record); None when none has any."""
+    parts = []
+    for name, r in results.items():
+        rows = r.get("sample_generations") or []
+        if not rows:
+            continue
+        parts.append(f"#### {_cell(name)}")
+        for row in rows:
+            score = row.get("score")
+            verdict = "unscored" if score is None else f"score {score:g}"
+            parts.append(f"- problem `{row.get('id')}` (gold {row.get('gold')!r}; answer {row.get('answer')!r}, "
+                         f"{verdict})\n\n  ```text\n  {_clip(str(row.get('prompt', '')))}\n  --- completion ---\n"
+                         f"  {_clip(str(row.get('completion', '')))}\n  ```")  # fmt: skip
+    return "\n\n".join(parts) if parts else None
 
 
 def _stage_summary(metrics: list[dict[str, Any]]) -> str:
@@ -320,12 +501,16 @@ def write_report(
     has_loss = plot_loss(metrics, plots / "loss.png")
     has_reward = plot_reward(metrics, plots / "reward.png")
     has_pass = plot_pass_at_k(results, plots / "pass_at_k.png")
+    has_diagnostics = plot_diagnostics(metrics, plots / "rl_diagnostics.png")
     parts = [f"# {title}", "## Evaluation", format_summary_table(results)]
     if results:
         parts += [_estimation_note(results), "### Change in pass@1", "\n".join(_pass1_changes(results))]
     note = check_failures_note(results)
     if note:
         parts.append(note)
+    shown = format_samples(results)
+    if shown:
+        parts += ["### Sample generations", "The first sample of the first test problems, as checked.", shown]
     parts += [
         "## Training",
         _stage_summary(metrics),
@@ -334,6 +519,7 @@ def write_report(
         _figure(has_loss, "loss.png", "loss per step", "no record has a loss"),
         "### Reward",
         _figure(has_reward, "reward.png", "mean reward per step", "no record has a reward"),
+        *(["### RL diagnostics", "![RL diagnostics per step](plots/rl_diagnostics.png)"] if has_diagnostics else []),
         "### pass@k",
         _figure(has_pass, "pass_at_k.png", "pass@k against k", "no checkpoint has pass@k results"),
     ]

@@ -38,6 +38,7 @@ from posttrain.data.tokenize import encode_example, encode_prompt, fit_prompts
 from posttrain.errors import DataError
 from posttrain.eval.cache import SampleCache, digest, model_hash
 from posttrain.eval.checking import Check, TaskChecker
+from posttrain.eval.report import sample_generations
 from posttrain.eval.summary import Sample, heldout_summary, summarize
 from posttrain.models.io import context_length
 from posttrain.rollout.base import RolloutEngine, SamplingParams
@@ -49,9 +50,16 @@ from posttrain.train.metrics import console
 
 @torch.no_grad()
 def heldout_nll_terms(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], batch_size: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    batch_size: int,
+    logits_chunk: int = 0,
 ) -> list[tuple[float, int]]:
-    """(summed NLL, completion tokens) of each demonstration, for the mean and its interval."""
+    """(summed NLL, completion tokens) of each demonstration, for the mean and its interval.
+
+    ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``).
+    """
     ctx = context_length(model)
     pairs = [encode_example(tokenizer, ex, ctx) for ex in examples]
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
@@ -62,7 +70,7 @@ def heldout_nll_terms(
         chunk = pairs[s : s + batch_size]
         batch = collate([p for p, _ in chunk], [c for _, c in chunk], pad)
         batch = batch.to(model.device)
-        logprobs, _ = token_logprobs(model, batch)
+        logprobs, _ = token_logprobs(model, batch, chunk=logits_chunk)
         nll = -(logprobs * batch.response_mask).sum(-1)
         terms += [(float(v), int(t)) for v, t in zip(nll.tolist(), batch.response_mask.sum(-1).tolist())]
     model.train(was_training)
@@ -256,11 +264,15 @@ def evaluate_model(
     result = summarize(
         [ex.id for ex in problems], [row[:n] for row in samples], [row[:n] for row in checks], greedy_checks, seed
     )
+    result["sample_generations"] = sample_generations(problems, samples, checks)  # the report shows them
+    own = getattr(task, "sample_record", None)  # a task's own numbers over the samples (LIFT: length violations)
+    if callable(own):
+        result.update(own(problems, [[s.text for s in row[:n]] for row in samples], seed))
     demos = heldout_demos(task, ecfg.heldout_demos, seed)
     name = f"heldout-{digest([[ex.id, ex.prompt, ex.completion] for ex in demos])[:12]}-{batch_size}"
     terms = cache.value(name)
     if terms is None:
-        terms = heldout_nll_terms(model, tokenizer, demos, batch_size) if demos else []
+        terms = heldout_nll_terms(model, tokenizer, demos, batch_size, cfg.train.logits_chunk) if demos else []
         cache.save_value(name, terms)
     result.update(heldout_summary([(float(s), int(t)) for s, t in terms], seed))
     result.update({"temperature": ecfg.sampling.temperature, "model_hash": cache.key["model"], "checker": checker.key})

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posttrain.eval.checking import Check
+from posttrain.eval.diversity import diversity_summary
 from posttrain.eval.passk import bootstrap_ci, maj_at_k_per_problem, pass_at_k, powers_of_two
 
 # unscored problems listed in full in eval.json; the count is always complete
@@ -113,6 +114,9 @@ def summarize(
     out["mean_completion_tokens_ci"] = _ci(lengths, seed)
     out["truncated_frac"] = _mean([_mean([s.finish_reason == "length" for s in row]) for row in samples])
     out["num_problems"] = len(samples)
+    out["diversity"] = diversity_summary(
+        [[s.text for s in row] for row in samples], [[c.answer for c in row] for row in checks], seed
+    )  # posttrain.eval.diversity: distinct-n, distinct answers, pairwise similarity per problem
     out["num_scored_problems"] = len(ok)
     out["samples_per_problem"] = n
     out.update(_failures(ids, checks, greedy))

@@ -35,8 +35,10 @@ from posttrain.models.io import (
 from posttrain.models.lora import check_lora, load_lora_policy, merged_copy
 from posttrain.models.tiny import build_tiny
 from posttrain.seeds import derive_seed as derive_seed  # re-exported: recipes import it from here
+from posttrain.tasks.registry import check_task_reads_path as check_task_reads_path  # re-exported for recipes
 from posttrain.tasks.registry import make_task as make_task  # re-exported: recipes import it from here
 from posttrain.train.checkpoint import latest_checkpoint
+from posttrain.train.metrics import use_logging
 from posttrain.train.reference import reference_model as reference_model  # re-exported, likewise
 
 Loader = Callable[[Path, transformers.PreTrainedTokenizerBase], transformers.PreTrainedModel]
@@ -108,6 +110,7 @@ def setup(cfg: Config) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    use_logging(cfg.logging)  # TensorBoard / W&B beside metrics.jsonl; a missing extra fails before any work
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     out = cfg.out
@@ -164,18 +167,4 @@ def model_dir(cfg: Config) -> Config:
 
 def train_examples_count(data: DataConfig) -> int | None:
     """How many demonstrations to draw: all of a file, ``num_train`` of a generated task."""
-    return data.num_train if data.task == "arithmetic" else None
-
-
-def check_task_reads_path(data: DataConfig) -> None:
-    """Refuse a ``data.path`` that the task would never read: the built-in task generates its problems.
-
-    ``data.task`` defaults to the built-in arithmetic task, so ``posttrain sft data.path=my.jsonl``
-    would otherwise train on generated demonstrations and never open the file.
-    """
-    if data.task == "arithmetic" and data.path is not None:
-        raise ConfigError(
-            f"data.path={data.path} is set, but data.task is 'arithmetic' (the built-in generated problems), "
-            "which never reads it: set data.task=jsonl to train on the file, or remove data.path",
-            field="data.task",
-        )
+    return data.num_train if data.task in ("arithmetic", "mixed_decoding") else None

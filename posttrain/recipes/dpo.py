@@ -52,14 +52,14 @@ def train_offline_dpo(cfg: Config, resume: bool = False) -> Path:
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
     start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
-    loss_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, net)
+    loss_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, net, cfg.train.logits_chunk)
     stats = run_pair_steps(
         cfg, "dpo", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, ref_train, net
     )
     if test:
         ref_test = cached_reference_logps(cfg, test, pad) if needs_ref else None
         # every rank evaluates all of it through the model itself (under FSDP a forward is collective)
-        held_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision)
+        held_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, logits_chunk=cfg.train.logits_chunk)
         held = heldout_metrics(model, held_fn, test, cfg.train.micro_batch_size, pad, ref_test)
         if distributed.is_main():
             write_heldout(out, writer, "dpo", cfg.train.max_steps, held)

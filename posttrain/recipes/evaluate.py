@@ -14,10 +14,13 @@ from typing import Any
 from posttrain.config import Config
 from posttrain.errors import DataError
 from posttrain.eval.cache import tokenizer_hash
+from posttrain.eval.diversity import format_diversity_table
 from posttrain.eval.sampling import evaluate_model
 from posttrain.models.io import load_model, load_tokenizer, resolve_model_path
 from posttrain.recipes.common import setup
 from posttrain.rollout.factory import build_engine
+from posttrain.tasks.aggregation import aggregation_record, format_aggregation_table
+from posttrain.tasks.multi import MultiTask, format_task_table, merge_records
 from posttrain.tasks.registry import make_task
 from posttrain.train.metrics import console
 
@@ -58,11 +61,23 @@ def evaluate_dirs(cfg: Config, models: dict[str, str], whole_file: bool = False)
         model = load_model(path, cfg.model.dtype, cfg.model.device)
         engine = build_engine(cfg, model, tokenizer, path)  # engine.backend: the in-process sampler, Ray or vLLM
         try:
-            results[name] = evaluate_model(model, tokenizer, task, cfg, str(path), cache_root(cfg), engine)
+            if isinstance(task, MultiTask):  # data.tasks: each task on its own test split, with its own checker
+                results[name] = merge_records(
+                    {t: evaluate_model(model, tokenizer, sub, cfg, str(path), cache_root(cfg), engine)
+                     for t, sub in task.tasks.items()}
+                )  # fmt: skip
+            else:
+                results[name] = evaluate_model(model, tokenizer, task, cfg, str(path), cache_root(cfg), engine)
         finally:
             engine.close()
         results[name]["tokenizer_hash"] = tokenizer_hash(path)
+        if cfg.data.task == "aggregation":  # AggLM: the aggregator against majority vote and pass@m at equal m
+            results[name].update(
+                aggregation_record(task, results[name], cfg.eval.num_problems, cfg.seed, cfg.model.dtype)
+            )
         console.print(_headline(name, results[name]))
+        for t, record in results[name].get("tasks", {}).items():
+            console.print("  " + _headline(f"{name} {t}", record))
     return results
 
 
@@ -84,5 +99,7 @@ def write_results(out: Path, results: dict[str, dict[str, Any]]) -> None:
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(out / "eval.json")
-    (out / "eval.md").write_text(format_eval_markdown(results) + "\n")
+    extra = [t for t in (format_diversity_table(results), format_aggregation_table(results),
+                          format_task_table(results)) if t]  # fmt: skip
+    (out / "eval.md").write_text("\n\n".join([format_eval_markdown(results), *extra]) + "\n")
     plot_pass_at_k(results, out / "plots" / "pass_at_k.png")

@@ -15,6 +15,10 @@ Each iteration's scored groups (``rollout.samples_per_prompt`` samples of each o
    is taken against the sampler's logprobs, so a stale sampler (``rollout.sync_every``
    > 1, semi-online) is corrected by importance weighting within the clip.
 
+Opt-in teacher and expert terms (``grpo.kd_coef``, ``grpo.sft_coef``, ``grpo.luffy``,
+``grpo.prefix_samples``: KDRL, CHORD, LUFFY, Prefix-RFT) come from
+``posttrain.recipes.distill.RLMixing``; with them off the update is the one above.
+
 The math lives in ``posttrain.algorithms``; this file is wiring only.
 """
 
@@ -35,6 +39,7 @@ from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config
 from posttrain.data.batch import TokenBatch, packed_micro_batches, sequence_ids
 from posttrain.device import precision
+from posttrain.recipes.distill import RLMixing, wants_mixing
 from posttrain.recipes.online import Run, train_online
 from posttrain.records import ScoredGroups
 from posttrain.train import distributed
@@ -48,6 +53,12 @@ class GRPOStep:
 
     def __init__(self, cfg: Config) -> None:
         self.needs_reference = cfg.grpo.kl_coef > 0
+        # KDRL, CHORD, LUFFY, Prefix-RFT (posttrain.recipes.distill); None: plain GRPO
+        self.mix = RLMixing(cfg) if wants_mixing(cfg) else None
+
+    def sampler(self, run: Run, it: int, engine: Any) -> Any:
+        """The engine of iteration ``it``: the loop's, or Prefix-RFT's wrapper around it."""
+        return engine if self.mix is None else self.mix.sampler(run, it, engine)
 
     def optimizer_steps(self, cfg: Config) -> int:
         return cfg.grpo.updates_per_batch * cfg.grpo.minibatches
@@ -55,6 +66,8 @@ class GRPOStep:
     def __call__(self, run: Run, it: int, groups: ScoredGroups, rollout: dict[str, Any]) -> dict[str, Any]:
         cfg, g = run.cfg, run.cfg.grpo
         pad = int(run.tokenizer.pad_token_id)  # type: ignore[arg-type]
+        if self.mix is not None:  # LUFFY's demonstrations join the groups before the rewards are read
+            groups, off_len = self.mix.prepare(run, groups)
         rewards = rl_rewards(groups, g.overlong, g.overlong_reward)
         batch = None  # every sample's tensors, only when the rewards need them before the groups are chosen
         extra: dict[str, float] = {}
@@ -71,6 +84,11 @@ class GRPOStep:
         advantages = ADVANTAGES[g.advantage](rewards, all_sum=distributed.all_sum)
         kept = rl_batch(groups, batch, advantages, keep, overlong=g.overlong, loss_agg=g.loss_agg,
                         max_len=cfg.sampling.max_new_tokens, pad_id=pad)  # fmt: skip
+        if kept is not None and self.mix is not None:
+            rows = [i for i in range(len(groups.completions)) if keep[i // groups.group_size]]
+            self.mix.annotate(run, kept, rows, rewards, off_len, groups)
+        if kept is not None and samples_in_other_dtype(cfg):  # engine.dtype: the ratio compares the trainer with itself
+            extra.update(recompute_old_logprobs(run, kept))
         dropped = 1.0 - float(keep.float().mean())
         if distributed.active():
             n_groups, n_dropped = distributed.all_sum([len(keep), dropped * len(keep)])
@@ -95,6 +113,9 @@ class GRPOStep:
                 run.writer.write({**base, "step": step, "loss": None, "skipped": True})
                 continue
             micro, count = update_micro_batches(batch, rows, cfg)
+            if self.mix is not None:  # CHORD: this step's share of the demonstrations
+                pad = int(run.tokenizer.pad_token_id)  # type: ignore[arg-type]
+                micro = micro + self.mix.demo_micro_batches(u % g.minibatches, g.minibatches, count, pad)
             t1 = time.perf_counter()
             stats = optimizer_step(run.net, run.optimizer, run.scheduler, micro, self.loss_fn(run), count,
                                    cfg.train.grad_clip)  # fmt: skip
@@ -110,17 +131,22 @@ class GRPOStep:
             mb = mb.to(model.device)
             with precision(model.device, cfg.train.mixed_precision):
                 logprobs, entropy = token_logprobs(
-                    run.net, mb, temperature, with_entropy=True, entropy_grad=g.entropy_coef > 0
-                )
-            return rl_loss(
+                    run.net, mb, temperature, with_entropy=True, entropy_grad=g.entropy_coef > 0,
+                    chunk=cfg.train.logits_chunk,
+                )  # fmt: skip
+            if self.mix is not None and "sft_scale" in mb.extra:  # a CHORD demonstration micro-batch
+                return self.mix.sft_loss(mb, logprobs)
+            rl = mb if self.mix is None else self.mix.on_policy(mb)  # off-policy tokens: LUFFY's term instead
+            out = rl_loss(
                 policy_loss=g.policy_loss, logprobs=logprobs, old_logprobs=mb.extra["old_logprobs"],
-                advantages=mb.extra["advantages"], response_mask=mb.response_mask, weights=mb.extra["weights"],
+                advantages=mb.extra["advantages"], response_mask=rl.response_mask, weights=rl.extra["weights"],
                 seq_ids=sequence_ids(mb) if g.policy_loss == "gspo" else None,
                 clip_low=g.clip_low, clip_high=g.clip_high, gspo_clip_low=g.gspo_clip_low,
                 gspo_clip_high=g.gspo_clip_high, ref_logprobs=mb.extra.get("ref_logprobs"),
                 kl_coef=g.kl_coef if g.kl_in == "loss" else 0.0, kl_estimator=g.kl_estimator,
                 entropy=entropy, entropy_coef=g.entropy_coef,
             )  # fmt: skip
+            return out if self.mix is None else self.mix.add_terms(out, mb, logprobs)
 
         return loss
 
@@ -128,18 +154,54 @@ class GRPOStep:
 @torch.no_grad()
 def add_ref_logprobs(run: Run, batch: TokenBatch) -> None:
     """The reference's logprobs of every row, as the per-token field ``ref_logprobs``."""
-    ref, cfg = run.reference, run.cfg
-    assert ref is not None
+    assert run.reference is not None
+    batch.extra["ref_logprobs"] = rowwise_logprobs(run, run.reference, batch)
+
+
+def samples_in_other_dtype(cfg: Config) -> bool:
+    """The torch engine samples from a copy in another dtype than the trainer's (``engine.dtype``)."""
+    return cfg.engine.backend == "torch" and cfg.engine.dtype not in ("auto", cfg.model.dtype)
+
+
+@torch.no_grad()
+def recompute_old_logprobs(run: Run, batch: TokenBatch) -> dict[str, float]:
+    """The trainer's own logprobs become ``old_logprobs``; the sampler's mean gap to them is returned.
+
+    The importance ratio pi_theta / pi_old (PPO, Schulman et al. 2017, eq. 6) must
+    compare the policy with itself: sampled in bf16 (``engine.dtype=bfloat16``), the
+    sampler's logprobs carry bf16 rounding that is no policy change, and clipping
+    would act on it. Recomputing pi_old with the trainer (in eval mode, as the
+    policy that sampled, without dropout) makes the first update's ratio exactly 1,
+    as with an fp32 sampler, at the cost of one no-grad forward per iteration.
+    """
+    sampler, mask = batch.extra["old_logprobs"], batch.response_mask
+    was_training = run.model.training
+    run.model.eval()
+    try:
+        mine = rowwise_logprobs(run, run.model, batch) * mask
+    finally:
+        run.model.train(was_training)
+    batch.extra["old_logprobs"] = mine
+    gap = float(((sampler - mine).abs() * mask).sum()) / max(float(mask.sum()), 1.0)
+    return {"sampler_logprob_gap": gap}
+
+
+@torch.no_grad()
+def rowwise_logprobs(run: Run, model: Any, batch: TokenBatch) -> torch.Tensor:
+    """(B, T-1) logprobs of every row of ``batch`` under ``model``, micro-batch by micro-batch, on the CPU."""
+    ref, cfg = model, run.cfg
     rows, chunk = list(range(len(batch.input_ids))), cfg.train.micro_batch_size
     temperature = cfg.sampling.temperature or 1.0
     # under FSDP with LoRA the reference is the sharded policy: ranks run unequal forwards
     with precision(run.model.device, cfg.train.mixed_precision), distributed.full_weights(run.model):
         parts = [
-            token_logprobs(ref, batch.select(rows[s : s + chunk]).to(run.model.device), temperature)[0].cpu()
+            token_logprobs(
+                ref, batch.select(rows[s : s + chunk]).to(run.model.device), temperature, chunk=cfg.train.logits_chunk
+            )[0].cpu()
             for s in range(0, len(rows), chunk)
         ]
     width = batch.response_mask.shape[1]
-    batch.extra["ref_logprobs"] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
 def update_micro_batches(batch: TokenBatch | None, rows: list[int], cfg: Config) -> tuple[list[TokenBatch], float]:

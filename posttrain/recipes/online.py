@@ -38,7 +38,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from posttrain.config import Config
+from posttrain.config import Config, RewardConfig
+from posttrain.data.curriculum import TaskMix
 from posttrain.data.tokenize import encode_prompt, fit_prompts
 from posttrain.device import precision
 from posttrain.errors import DataError, TrainingError
@@ -52,6 +53,7 @@ from posttrain.rollout.factory import build_engine, init_ray, policy_state, sync
 from posttrain.rollout.groups import sample_groups
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Task
+from posttrain.tasks.multi import MultiTask, build_multi_scorer
 from posttrain.tasks.registry import make_task
 from posttrain.train import distributed
 from posttrain.train.checkpoint import load_trainer_state, save_checkpoint, save_final
@@ -206,6 +208,7 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
     start: int = state["step"]
     extra: dict[str, Any] = dict(state.get("extra", {}))  # type: ignore[arg-type]
     task = make_task(cfg.data, tokenizer)  # the chat template, when the model has one
+    mix = TaskMix(cfg, task, extra) if isinstance(task, MultiTask) else None  # data.tasks: mix, per-task metrics
     last: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:  # the engine and the scorer are closed also when the run fails
         scorer = _open_scorer(cfg, task, stack)  # first: a reward that cannot load fails before any engine starts
@@ -217,11 +220,17 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
             for it in range(start, cfg.train.max_steps):
                 for f in followers:  # the sampler's weights (a copy, or the engine's own), the reference
                     f.sync(it, model)
-                groups = draw_and_sample(cfg, it, run, task, engine, scorer, step.doom_groups)
-                last = step(run, it, groups, rollout_metrics(groups, step.stage, it))
+                pick = getattr(step, "sampler", None)  # a step may sample an iteration with another engine
+                now = pick(run, it, engine) if pick is not None else engine  # (distill's teacher, Prefix-RFT)
+                groups = draw_and_sample(cfg, it, run, task, now, scorer, step.doom_groups)
+                rollout = rollout_metrics(groups, step.stage, it)
+                if mix is not None:  # per-task numbers, then the next iteration's mix (data.curriculum)
+                    rollout.update(mix.observe(groups, scorer, distributed.all_sum))
+                last = step(run, it, groups, rollout)
                 bar.update(bar_id, advance=1, info=_progress_info(last))
                 if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
                     kept = {k: v for f in followers for k, v in f.checkpoint(it + 1).items()}
+                    kept.update(mix.checkpoint() if mix is not None else {})
                     save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler, kept)
         writer.close()
     final = save_final(model, tokenizer, out / "final")
@@ -316,9 +325,16 @@ def _open_scorer(cfg: Config, task: Task, stack: contextlib.ExitStack) -> Any:
     ray = cfg.engine.backend == "ray"
     if ray:
         init_ray(cfg.engine)
-    scorer = build_reward(
-        cfg.reward, task, dtype=cfg.model.dtype, device=cfg.model.device, backend="ray" if ray else "local"
-    )
+
+    def build(reward: RewardConfig, task: Task) -> Any:
+        return build_reward(reward, task, dtype=cfg.model.dtype, device=cfg.model.device,
+                            backend="ray" if ray else "local")  # fmt: skip
+
+    if isinstance(task, MultiTask):  # data.tasks: each task's own reward section, else the run's
+        rewards = {t.name: t.reward or cfg.reward for t in cfg.data.tasks}
+        scorer = build_multi_scorer(task, rewards, build)
+    else:
+        scorer = build(cfg.reward, task)
     stack.callback(scorer.close)
     return scorer
 
@@ -376,6 +392,8 @@ def rollout_metrics(groups: ScoredGroups, stage: str, it: int) -> dict[str, Any]
     summed = distributed.all_sum([x for k in names for x in totals[k]] + [report.missing, report.unscored])
     components = {f"reward/{k}": summed[2 * i] / summed[2 * i + 1] if summed[2 * i + 1] else math.nan
                   for i, k in enumerate(names)}  # fmt: skip
+    kept = sorted(report.counts)  # a component's own counts (a judge's): every rank has the same components
+    counts = dict(zip(kept, distributed.all_sum([report.counts[k] for k in kept]))) if kept else {}
     if distributed.active():
         std = math.sqrt(max(0.0, (s2 - s1 * s1 / n) / (n - 1))) if n > 1 else math.nan
     else:  # one process: the float32 std of the scores, as logged before the shared loop
@@ -391,6 +409,7 @@ def rollout_metrics(groups: ScoredGroups, stage: str, it: int) -> dict[str, Any]
         "prompts_too_long": groups.prompts_too_long,  # every rank fits all drawn prompts: already global
         "unscored": int(summed[-1]),
         **components,
+        **counts,
         "truncated_frac": trunc / samples,
         "completion_len": tokens / samples,
         "gen_tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
@@ -399,5 +418,5 @@ def rollout_metrics(groups: ScoredGroups, stage: str, it: int) -> dict[str, Any]
 
 
 def _progress_info(record: dict[str, Any]) -> str:
-    info = f"reward {record['reward']:.3f}"
-    return info + (f", pairs {record['pairs']}" if "pairs" in record else "")
+    info = f"reward {record['reward']:.3f}" + (f", pairs {record['pairs']}" if "pairs" in record else "")
+    return info + (f", lr {record['lr']:.2e}" if isinstance(record.get("lr"), float) else "")

@@ -11,6 +11,9 @@ al. 2025, arXiv 2506.21495). Each iteration is one optimiser step:
 3. one DPO step on those pairs (``posttrain.algorithms.dpo``), normalised by the
    step's pair weight.
 
+``dpo.pairs=divpo`` (DivPO, Lanchantin et al. 2025) picks each pool's pair by
+quality and diversity (``dpo.divpo_criterion``, ``divpo_split``, ``divpo_threshold``).
+
 The sampler is synced from the trainer before every ``rollout.sync_every``-th step:
 s = 1 is online DPO, s > 1 semi-online, s = 0 never (offline DPO on the initial
 policy's samples, drawn lazily). The reference is the initial policy
@@ -36,6 +39,7 @@ from posttrain.config import Config
 from posttrain.data.pairs import PairBatch, collate_pairs
 from posttrain.device import precision
 from posttrain.errors import ConfigError
+from posttrain.eval.diversity import embedding_distance, logprob_rarity, word_frequency_rarity
 from posttrain.recipes.online import Run, train_online
 from posttrain.recipes.pairwise import dpo_loss_fn
 from posttrain.records import ScoredGroups
@@ -45,7 +49,12 @@ from posttrain.train.loop import optimizer_step
 
 
 def scored_pairs(
-    rule: str, scores: list[float | None], G: int, rng: random.Random
+    rule: str,
+    scores: list[float | None],
+    G: int,
+    rng: random.Random,
+    diversity: list[float] | None = None,
+    divpo: tuple[str, float] = ("absolute", 0.5),
 ) -> tuple[list[tuple[int, int, float]], dict[str, int]]:
     """Pairs ``(chosen row, rejected row, weight)`` among the samples that have a reward.
 
@@ -55,18 +64,37 @@ def scored_pairs(
     """
     kept = [[(i + j, s) for j, s in enumerate(scores[i : i + G]) if s is not None] for i in range(0, len(scores), G)]
     usable = [k for k in kept if len(k) >= 2]
-    pairset = build_pairs(rule, [[s for _, s in k] for k in usable], rng)
+    div = None if diversity is None else [[diversity[i] for i, _ in k] for k in usable]  # divpo: per sample
+    pairset = build_pairs(rule, [[s for _, s in k] for k in usable], rng, div, *divpo)
     pairs = [(usable[i][p.chosen][0], usable[i][p.rejected][0], p.weight) for i, p in pairset.pairs]
     return pairs, {**pairset.skipped, "unscored": len(kept) - len(usable)}
 
 
+def divpo_diversity(criterion: str, groups: ScoredGroups) -> list[float]:
+    """Each sample's diversity within its prompt's pool, for the ``divpo`` pair rule (larger: rarer).
+
+    ``logprob`` reads the sampler's per-token logprobs: the policy's own at the
+    sampler's version (the trainer's when on-policy), under the sampling temperature.
+    """
+    G, out = groups.group_size, []
+    for i in range(0, len(groups.completions), G):
+        pool = groups.completions[i : i + G]
+        if criterion == "logprob":
+            out += logprob_rarity([c.logprobs for c in pool])
+        elif criterion == "word_frequency":
+            out += word_frequency_rarity([c.text for c in pool])
+        else:
+            out += embedding_distance([c.text for c in pool])
+    return out
+
+
 @torch.no_grad()
-def add_reference(ref: torch.nn.Module, batches: list[PairBatch], mixed_precision: str) -> None:
+def add_reference(ref: torch.nn.Module, batches: list[PairBatch], mixed_precision: str, logits_chunk: int = 0) -> None:
     for mb in batches:
         device: torch.device = ref.device  # type: ignore[assignment]  # a model, or the LoRA policy's BaseView
         tokens = mb.tokens.to(device)
         with precision(device, mixed_precision):
-            logprobs, _ = token_logprobs(ref, tokens)
+            logprobs, _ = token_logprobs(ref, tokens, chunk=logits_chunk)
         mb.ref_logps = sequence_logprobs(logprobs, tokens.response_mask)[0]
 
 
@@ -86,7 +114,9 @@ class DPOStep:
         G = groups.group_size
         scores = [None if s != s else float(s) for s in groups.scores.flatten().tolist()]  # NaN: missing
         rng = random.Random(derive_seed(cfg.seed, it, 6) + distributed.rank())
-        pairs, skipped = scored_pairs(cfg.dpo.pairs, scores, G, rng)
+        diversity = divpo_diversity(cfg.dpo.divpo_criterion, groups) if cfg.dpo.pairs == "divpo" else None
+        divpo = (cfg.dpo.divpo_split, cfg.dpo.divpo_threshold)
+        pairs, skipped = scored_pairs(cfg.dpo.pairs, scores, G, rng, diversity, divpo)
         counts = {"pairs": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()}}
         if distributed.active():
             keys = sorted(counts)
@@ -104,8 +134,8 @@ class DPOStep:
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)  # type: ignore[arg-type]
         micro = [collate_pairs(sequences, pairs[i : i + mbs], pad) for i in range(0, len(pairs), mbs)]
         if run.reference is not None:
-            add_reference(run.reference, micro, cfg.train.mixed_precision)
-        loss_fn = dpo_loss_fn(run.model, cfg.dpo, cfg.train.mixed_precision, run.net)
+            add_reference(run.reference, micro, cfg.train.mixed_precision, cfg.train.logits_chunk)
+        loss_fn = dpo_loss_fn(run.model, cfg.dpo, cfg.train.mixed_precision, run.net, cfg.train.logits_chunk)
         count = sum(w for _, _, w in pairs)
         stats = optimizer_step(run.net, run.optimizer, run.scheduler, micro, loss_fn, count, cfg.train.grad_clip)
         record.update(stats)

@@ -41,17 +41,22 @@ PairLossFn = Callable[[PairBatch], LossOutput]
 
 
 def dpo_loss_fn(
-    model: PreTrainedModel, cfg: DPOConfig, mixed_precision: str = "no", net: torch.nn.Module | None = None
+    model: PreTrainedModel,
+    cfg: DPOConfig,
+    mixed_precision: str = "no",
+    net: torch.nn.Module | None = None,
+    logits_chunk: int = 0,
 ) -> PairLossFn:
     """The preference loss of a PairBatch: one forward pass over its chosen and rejected rows.
 
     ``net`` is what the forward goes through when it is not ``model`` itself: its DDP wrapper.
+    ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``).
     """
 
     def loss_fn(mb: PairBatch) -> LossOutput:
         mb = mb.to(model.device)
         with precision(model.device, mixed_precision):
-            logprobs, _ = token_logprobs(model if net is None else net, mb.tokens)
+            logprobs, _ = token_logprobs(model if net is None else net, mb.tokens, chunk=logits_chunk)
         seq, lengths = sequence_logprobs(logprobs, mb.tokens.response_mask)
         ref = mb.ref_logps
         p = PairLogps(
@@ -85,6 +90,10 @@ def load_pair_data(
     splits = load_preferences(path, cfg.data.eval_path)
     # a pair with chosen == rejected teaches nothing: dropped and counted, refused when all are
     splits = {k: distinct_pairs(v, path if k == "train" else cfg.data.eval_path or path) for k, v in splits.items()}
+    if cfg.data.length_instructions.enabled:  # LIFT: length-instructed copies of the training pairs
+        from posttrain.tasks.length import lift_pairs
+
+        splits["train"] = lift_pairs(splits["train"], cfg.data.length_instructions, cfg.seed)
     limit = None if max_len is None else Limit.of(cfg.train.max_seq_len, max_len, context)
     mode = cfg.data.truncation
     counts = LengthCount(mode, limit), LengthCount(mode, limit)
@@ -134,7 +143,7 @@ def run_pair_steps(
             tokens = int(distributed.all_sum([sum(mb.num_tokens for mb in micro)])[0])
             record = {"stage": stage, "step": step + 1, "epoch": epoch, **stats, "tokens": tokens}
             writer.write({**record, "tokens_per_s": tokens / (time.perf_counter() - t0)})
-            bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}")
+            bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}, lr {stats['lr']:.2e}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save_checkpoint(cfg.out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler)
     return stats

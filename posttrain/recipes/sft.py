@@ -169,7 +169,7 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
     def loss_fn(mb: TokenBatch) -> LossOutput:
         mb = mb.to(model.device)
         with precision(model.device, cfg.train.mixed_precision):
-            logprobs, _ = token_logprobs(net, mb)
+            logprobs, _ = token_logprobs(net, mb, chunk=cfg.train.logits_chunk)
         return sft_loss(logprobs, mb.response_mask)
 
     stats: dict[str, float] = {}
@@ -200,7 +200,7 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
                     "tokens_per_s": tokens / seconds,
                 }
             )
-            bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}")
+            bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}, lr {stats['lr']:.2e}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save_checkpoint(out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler)
     writer.close()

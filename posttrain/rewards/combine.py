@@ -41,6 +41,7 @@ class CompositeScorer:
         pool: DeadlinePool | None = None,
         task: Task | None = None,
         accept: Any = accept_score,
+        combine: Any = None,
     ) -> None:
         names = [c.name for c, _ in components]
         if len(set(names)) != len(names):
@@ -48,6 +49,8 @@ class CompositeScorer:
         if pool is None and any(c.isolate for c, _ in components):
             raise ValueError("a component that may hang needs a deadline pool")
         self.components, self.pool, self.task, self.accept = list(components), pool, task, accept
+        # None: the weighted sum; else a group-level rule over the components' scores (posttrain.rewards.hero)
+        self.combine = combine
 
     def close(self) -> None:
         if self.pool is not None:
@@ -59,7 +62,9 @@ class CompositeScorer:
         texts: list[str],
         groups: Sequence[int] | None = None,
         prompts: Sequence[Prompt] | None = None,
+        prompt_groups: Sequence[int] | None = None,
     ) -> ScoreReport:
+        """``prompt_groups[i]``: sample i's prompt, for a group-level ``combine`` (``groups`` also dooms a group)."""
         n = len(texts)
         if len(examples) != n or (groups is not None and len(groups) != n):
             raise ValueError(f"{len(examples)} examples and {len(groups or [])} groups for {n} completions")
@@ -72,6 +77,13 @@ class CompositeScorer:
         for c, _ in self.components:
             if not c.isolate:
                 run.local(c)
+        for c, _ in self.components:  # counts a component keeps of its own (a judge's parse failures, tokens)
+            take = getattr(c, "take_counts", None)
+            if take is not None:
+                run.report.counts.update({f"{c.name}/{k}": float(v) for k, v in take().items()})
+        if self.combine is not None:
+            run.report.scores = self.combine(run.report.components, prompt_groups or groups)
+            return run.report
         for i in range(n):
             values = [run.report.components[c.name][i] for c, _ in self.components]
             if all(v is not None for v in values):

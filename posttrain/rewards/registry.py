@@ -43,7 +43,21 @@ def _reward_model(c: RewardComponentConfig, key: str, task: Task, ctx: dict[str,
     )  # fmt: skip
 
 
-KINDS: dict[str, Builder] = {"verifier": _verifier, "python": _python, "reward_model": _reward_model}
+def _judge(c: RewardComponentConfig, key: str, task: Task, ctx: dict[str, Any]) -> RewardComponent:
+    from posttrain.rewards.judge import build_judge  # torch and transformers: only when asked
+
+    return build_judge(c, key, ctx)
+
+
+def _verdict(c: RewardComponentConfig, key: str, task: Task, ctx: dict[str, Any]) -> RewardComponent:
+    from posttrain.rewards.judge import VerdictComponent
+
+    return VerdictComponent(task, name=component_name(c), field=f"{key}.kind")
+
+
+KINDS: dict[str, Builder] = {
+    "verifier": _verifier, "python": _python, "reward_model": _reward_model, "judge": _judge, "verdict": _verdict,
+}  # fmt: skip
 
 
 def build_reward(
@@ -59,7 +73,7 @@ def build_reward(
     ``backend="ray"`` runs the pool as Ray actors and needs Ray initialised
     (``posttrain.rollout.factory.init_ray``); ``"local"`` uses worker processes.
     """
-    ctx = {"dtype": dtype, "device": device}
+    ctx = {"dtype": dtype, "device": device, "backend": backend}  # a judge's engine follows the reward's backend
     built: list[tuple[RewardComponent, float]] = []
     for i, c in enumerate(cfg.components):
         built.append((KINDS[c.kind](c, f"reward.components.{i}", task, ctx), c.weight))
@@ -73,4 +87,6 @@ def build_reward(
             cfg.workers, cfg.timeout_s, warmups=warmups, what="reward",
             workers_field="reward.workers", timeout_field="reward.timeout_s",
         )  # fmt: skip
-    return CompositeScorer(built, pool, task)
+    from posttrain.rewards.hero import combiner  # reward.combine: hero, gated (None: the weighted sum)
+
+    return CompositeScorer(built, pool, task, combine=combiner(cfg, [c.name for c, _ in built]))

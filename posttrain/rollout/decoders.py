@@ -16,7 +16,10 @@ small batches. It is checked against ``HFDecoder`` token for token and logprob
 for logprob in the tests.
 
 Both take left-padded ``input_ids`` (B, T) with ``attention`` (B, T) and
-``positions`` (B, T), and return the last position's logits (B, V).
+``positions`` (B, T), and return the last position's logits (B, V). With
+``keep_hidden`` set, each call also leaves the last position's final hidden state
+(B, H), the one ``lm_head`` reads, in ``hidden``: what a temperature head reads
+(``posttrain.models.temperature_head``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ FAST_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 
 
 class Decoder(Protocol):
+    hidden: torch.Tensor | None  # the last call's final hidden state (B, H), when kept (keep_hidden)
+
     def prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 
     def step(self, tokens: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
@@ -82,22 +87,33 @@ def _read_cache_keyword(model: torch.nn.Module) -> str:
 
 
 class HFDecoder:
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, keep_hidden: bool = False) -> None:
         self.model = model
         self.keyword = cache_keyword(model)
         self.cache: Any = None
+        self.keep_hidden = keep_hidden
+        self.hidden: torch.Tensor | None = None
 
     def prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                         **self._hidden_kwargs())  # fmt: skip
         self.cache = getattr(out, self.keyword)
-        return out.logits[:, -1]
+        return self._last(out)
 
     def step(self, tokens: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model(
             input_ids=tokens, attention_mask=attention, position_ids=positions, use_cache=True,
-            **{self.keyword: self.cache},
+            **{self.keyword: self.cache}, **self._hidden_kwargs(),
         )  # fmt: skip
         self.cache = getattr(out, self.keyword)
+        return self._last(out)
+
+    def _hidden_kwargs(self) -> dict[str, bool]:
+        return {"output_hidden_states": True} if self.keep_hidden else {}
+
+    def _last(self, out: Any) -> torch.Tensor:
+        if self.keep_hidden:
+            self.hidden = out.hidden_states[-1][:, -1]
         return out.logits[:, -1]
 
     def select(self, rows: torch.Tensor) -> None:
@@ -121,9 +137,11 @@ def supports_static_decode(model: PreTrainedModel) -> bool:
 
 
 class StaticLlamaDecoder:
-    def __init__(self, model: PreTrainedModel, max_len: int) -> None:
+    def __init__(self, model: PreTrainedModel, max_len: int, keep_hidden: bool = False) -> None:
         self.model = model
         self.max_len = max_len
+        self.keep_hidden = keep_hidden
+        self.hidden: torch.Tensor | None = None
         cfg = model.config
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
@@ -155,7 +173,10 @@ class StaticLlamaDecoder:
             h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, mask, start, end)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         self.length = end
-        return self.model.lm_head(inner.norm(h[:, -1]))
+        last = inner.norm(h[:, -1])
+        if self.keep_hidden:
+            self.hidden = last
+        return self.model.lm_head(last)
 
     def _mask(self, attention: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """(B, 1, T, end) bool: causal over slots, real keys only, and always the query's own slot.

@@ -40,6 +40,7 @@ def sample_groups(
         [examples[i // G] for i in rows],
         [c.text for c in completions],
         groups=[i // G for i in rows] if doom_groups else None,
+        prompt_groups=[i // G for i in rows],  # for a group-level reward.combine (hero)
     )
     scores = torch.tensor([math.nan if s is None else s for s in report.scores], dtype=torch.float32)
     return ScoredGroups(examples, completions, scores.view(len(examples), G), report, policy_version, gen_seconds)

@@ -12,16 +12,35 @@ family, the model's own forward for everything else (``posttrain.rollout.decoder
 Logprobs are those of ``softmax(logits / temperature)`` before top-k/top-p
 truncation: the distribution the trainer recomputes for the importance ratio.
 Truncation only changes which tokens can be drawn.
+
+Adaptive decoding (``SamplingParams.adaptive``): the engine's temperature head
+(``posttrain.models.temperature_head``) picks each row's temperature, once from the
+prompt's last hidden state or at every step, and each pick is recorded in the
+completion (``Completion.temperature_choices``). A row at temperature 0 is exactly
+greedy; the picks are drawn with a generator of their own, so rows that all get
+temperature T draw exactly the tokens a fixed-temperature T call draws with the same seed.
+
+Sampling dtype (``engine.dtype``): ``bfloat16`` samples from a bf16 copy of
+``model``, refreshed from it at every ``generate`` call (one cast copy of the
+weights), while ``model`` itself, the trainer's, stays fp32. Its logprobs then
+differ from the trainer's by bf16 rounding (tested to a stated tolerance), so GRPO
+recomputes ``old_logprobs`` with the trainer before its update
+(``posttrain.recipes.grpo.recompute_old_logprobs``).
 """
 
 from __future__ import annotations
+
+import copy
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from posttrain.errors import RolloutError
 from posttrain.rollout.base import TORCH_ENGINE, Completion, EngineCapabilities, SamplingParams, stop_token_ids
 from posttrain.rollout.decoders import Decoder, HFDecoder, StaticLlamaDecoder, supports_static_decode
+from posttrain.seeds import derive_seed
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -62,15 +81,62 @@ def _sample(
     return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
+def _sample_rows(
+    logits: torch.Tensor, temperatures: torch.Tensor, sampling: SamplingParams, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_sample`` with one temperature per row, ``temperatures`` (B,): a row at 0 takes the argmax."""
+    logits = logits.float()
+    greedy = temperatures == 0
+    logits = logits / torch.where(greedy, torch.ones_like(temperatures), temperatures)[:, None]
+    step_logprobs = logits.log_softmax(-1)
+    token = logits.argmax(-1)
+    if not bool(greedy.all()):
+        probs = _filter_logits(logits, sampling.top_k, sampling.top_p).softmax(-1)
+        drawn = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        token = torch.where(greedy, token, drawn)
+    return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)
+
+
+class _HeadPicks:
+    """A temperature head's picks over one batch: ``choices`` (B, T), per step or held from the prefill."""
+
+    def __init__(self, head: Any, sampling: SamplingParams, B: int, T: int, gen: torch.Generator | None):
+        self.head, self.greedy, self.gen = head, sampling.adaptive == "argmax", gen
+        self.choices = torch.zeros((B, T), dtype=torch.long, device=head.values.device)
+        self.per_row: torch.Tensor | None = None  # a per-example head's pick of each row, from the prefill
+
+    def temperatures(self, hidden: torch.Tensor | None, rows: torch.Tensor, t: int) -> torch.Tensor:
+        """(len(rows),) temperatures for step ``t`` of the rows still decoding; ``hidden`` is theirs."""
+        assert hidden is not None  # the decoder keeps it when a head is in use
+        if self.head.level == "example":
+            if self.per_row is None:  # step 0: hidden is the prefill's, the prompts' last positions
+                self.per_row = self.head.choose(hidden, self.greedy, self.gen)
+            idx = self.per_row[rows.to(self.per_row.device)]
+        else:
+            idx = self.head.choose(hidden, self.greedy, self.gen)
+        self.choices[rows.to(idx.device), t] = idx
+        return self.head.temperatures_of(idx).to(hidden.device)
+
+    def of_row(self, i: int, n: int) -> list[int]:
+        return [int(self.choices[i, 0])] if self.head.level == "example" else self.choices[i, :n].tolist()
+
+
 class TorchEngine:
     """Generates from ``model`` in place: the trainer's own module, or a copy it syncs."""
 
     capabilities: EngineCapabilities = TORCH_ENGINE
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256, fast: bool = True
-    ) -> None:
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256, fast: bool = True,
+        head: Any = None, dtype: str = "auto",
+    ) -> None:  # fmt: skip
         self.model = model
+        # "auto": sample from model itself; a dtype other than model's: from a copy in that dtype
+        self.sample_dtype = None if dtype == "auto" else getattr(torch, dtype)
+        if self.sample_dtype == next(model.parameters()).dtype:
+            self.sample_dtype = None
+        self._copy: Any = None
+        self.head = head  # a TemperatureHead, used by calls with sampling.adaptive set
         self.fast = fast and supports_static_decode(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -84,20 +150,42 @@ class TorchEngine:
     def close(self) -> None:
         """Nothing to release: the engine runs in this process."""
 
+    @torch.no_grad()
+    def sampling_model(self) -> Any:
+        """What draws the tokens: ``model``, or its copy in ``sample_dtype`` holding its current weights."""
+        if self.sample_dtype is None:
+            return self.model
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.model).to(self.sample_dtype).requires_grad_(False)
+            for p in self._copy.parameters():
+                p.grad = None
+        else:
+            mine = self._copy.state_dict()
+            for k, v in self.model.state_dict().items():
+                mine[k].copy_(v)
+        return self._copy
+
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         gen = None
         if sampling.seed is not None:
             gen = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
+        head_gen = None
+        if sampling.adaptive != "off":
+            if self.head is None:
+                raise RolloutError("adaptive sampling needs a temperature head on the engine (TorchEngine(head=...))")
+            if sampling.seed is not None:  # its own stream: the tokens' draws stay those of a fixed temperature
+                head_gen = torch.Generator(device=self.head.values.device).manual_seed(derive_seed(sampling.seed, 17))
         out: list[Completion] = []
         for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, gen))
+            out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, gen, head_gen))
         return out
 
     @torch.no_grad()
     def _generate_batch(
-        self, prompts: list[list[int]], sampling: SamplingParams, gen: torch.Generator | None
-    ) -> list[Completion]:
-        model, device = self.model, self.model.device
+        self, prompts: list[list[int]], sampling: SamplingParams, gen: torch.Generator | None,
+        head_gen: torch.Generator | None = None,
+    ) -> list[Completion]:  # fmt: skip
+        model, device = self.sampling_model(), self.model.device
         was_training = model.training
         model.eval()
         B, L = len(prompts), max(len(p) for p in prompts)
@@ -114,13 +202,18 @@ class TorchEngine:
         logprobs = torch.zeros((B, T), device=device)
         lengths = torch.full((B,), T, dtype=torch.long, device=device)
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
-        decoder: Decoder = StaticLlamaDecoder(model, L + T) if self.fast else HFDecoder(model)
+        picks = _HeadPicks(self.head, sampling, B, T, head_gen) if sampling.adaptive != "off" else None
+        hidden = picks is not None  # the head reads each step's last hidden state
+        decoder: Decoder = StaticLlamaDecoder(model, L + T, hidden) if self.fast else HFDecoder(model, hidden)
         logits = decoder.prefill(input_ids, attention, positions)
         next_pos = positions[:, -1:] + 1
         rows = torch.arange(B, device=device)  # the batch row of each row still being decoded
         running = torch.ones(B, dtype=torch.bool, device=device)
         for t in range(T):
-            token, token_logprob = _sample(logits, sampling, gen)
+            if picks is None:
+                token, token_logprob = _sample(logits, sampling, gen)
+            else:
+                token, token_logprob = _sample_rows(logits, picks.temperatures(decoder.hidden, rows, t), sampling, gen)
             token = token.masked_fill(~running, self.pad_id)
             tokens[rows, t] = token
             logprobs[rows, t] = token_logprob.masked_fill(~running, 0.0)
@@ -140,7 +233,11 @@ class TorchEngine:
             logits = decoder.step(token[:, None], attention, next_pos)
             next_pos = next_pos + 1
         model.train(was_training)
-        return self._records(prompts, tokens.tolist(), logprobs.tolist(), lengths.tolist(), stopped.tolist())
+        out = self._records(prompts, tokens.tolist(), logprobs.tolist(), lengths.tolist(), stopped.tolist())
+        if picks is not None:
+            for i, c in enumerate(out):
+                c.temperature_choices = picks.of_row(i, len(c.completion_ids))
+        return out
 
     def _records(
         self,

@@ -50,15 +50,23 @@ def reference_model(cfg: Config, policy: transformers.PreTrainedModel) -> transf
 
 @torch.no_grad()
 def sequence_logps(
-    model: PreTrainedModel, sequences: list[Sequence], pad_id: int, batch_size: int, mixed_precision: str = "no"
+    model: PreTrainedModel,
+    sequences: list[Sequence],
+    pad_id: int,
+    batch_size: int,
+    mixed_precision: str = "no",
+    logits_chunk: int = 0,
 ) -> torch.Tensor:
-    """Summed response log-probability (S,) of each (prompt ids, response ids) under ``model``, on the CPU."""
+    """Summed response log-probability (S,) of each (prompt ids, response ids) under ``model``, on the CPU.
+
+    ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``).
+    """
     was_training = model.training
     model.eval()
     out = []
     for batch in sequence_batches(sequences, pad_id, batch_size, model.device):
         with precision(model.device, mixed_precision):
-            logprobs, _ = token_logprobs(model, batch)
+            logprobs, _ = token_logprobs(model, batch, chunk=logits_chunk)
         out.append(sequence_logprobs(logprobs, batch.response_mask)[0].cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -91,9 +99,9 @@ def cached_reference_logps(cfg: Config, data: list[EncodedPair], pad_id: int) ->
     ref = load_model(path, cfg.model.dtype, cfg.model.device)
     mbs, mp = 2 * cfg.train.micro_batch_size, cfg.train.mixed_precision
     if distributed.active():
-        logps = _gathered_logps(ref, data, pad_id, mbs, mp)
+        logps = _gathered_logps(ref, data, pad_id, mbs, mp, cfg.train.logits_chunk)
     else:
-        logps = sequence_logps(ref, flatten_pairs(data), pad_id, mbs, mp).view(-1, 2)
+        logps = sequence_logps(ref, flatten_pairs(data), pad_id, mbs, mp, cfg.train.logits_chunk).view(-1, 2)
     del ref
     if cfg.dpo.cache_reference and distributed.is_main():
         cache.mkdir(parents=True, exist_ok=True)
@@ -104,12 +112,12 @@ def cached_reference_logps(cfg: Config, data: list[EncodedPair], pad_id: int) ->
 
 
 def _gathered_logps(
-    ref: PreTrainedModel, data: list[EncodedPair], pad_id: int, batch_size: int, mixed_precision: str
+    ref: PreTrainedModel, data: list[EncodedPair], pad_id: int, batch_size: int, mixed_precision: str, chunk: int = 0
 ) -> torch.Tensor:
     """(N, 2) reference log-probabilities, each rank computing its share of the pairs."""
     rows = distributed.shard(range(len(data)))
     mine = (  # a rank may hold no pairs when there are fewer than ranks
-        sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision)
+        sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision, chunk)
         if rows
         else torch.empty(0)
     )

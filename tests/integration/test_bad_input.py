@@ -94,7 +94,7 @@ def test_data_path_without_data_task_jsonl(tmp_path: Path, tiny_dir: Path, capsy
     err = run_err(capsys, ["sft", *FAST, f"model.path={tiny_dir}", f"data.path={data}", f"output_dir={tmp_path / 'o'}"])
     assert err == (
         f"posttrain: error: data.task: data.path={data} is set, but data.task is 'arithmetic' (the built-in "
-        "generated problems), which never reads it: set data.task=jsonl to train on the file, or remove data.path"
+        "generated problems), which never reads it: set data.task=jsonl to use the file, or remove data.path"
     )
     assert not (tmp_path / "o" / "final").exists()
 

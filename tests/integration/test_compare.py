@@ -74,7 +74,9 @@ def test_compare_checks_methods_before_training(tmp_path: Path) -> None:
     path.write_text(bad)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.render() == f"{path}:10: compare.methods.grpo.recipe: each method needs recipe: dpo or recipe: grpo"
+    assert (
+        info.value.render() == f"{path}:10: compare.methods.grpo.recipe: each method needs recipe: dpo or recipe: grpo"
+    )
     path.write_text(RECIPE.replace("sync_every: 0", "sync_evry: 0"))
     with pytest.raises(ConfigError) as info:
         load_config(path)

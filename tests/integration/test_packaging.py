@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,18 @@ from posttrain.cli import default_config, main, resolve_config
 from posttrain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ["compare-dpo-grpo", "predict-rl", "quickstart", "smollm2-gsm8k"]
+NAMES = [
+    "adaptive-decoding",
+    "aggregation-arithmetic",
+    "compare-dpo-grpo",
+    "divpo-arithmetic",
+    "hero-arithmetic",
+    "judge-arithmetic",
+    "lift-arithmetic",
+    "predict-rl",
+    "quickstart",
+    "smollm2-gsm8k",
+]
 
 
 def test_packaged_experiments_are_found_by_name() -> None:
@@ -41,7 +53,7 @@ def test_a_config_file_wins_over_a_packaged_name(tmp_path: Path, monkeypatch: py
 
 
 def test_an_unknown_config_is_one_line_listing_the_packaged_names(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match=r"packaged: compare-dpo-grpo, predict-rl, quickstart, smollm2-gsm8k\)$"):
+    with pytest.raises(ConfigError, match=re.escape(f"packaged: {', '.join(NAMES)})") + "$"):
         resolve_config("quikstart")
     with pytest.raises(ConfigError, match="unknown"):
         experiments.path("unknown")
@@ -134,4 +146,4 @@ def test_wheel_ships_the_experiments_and_runs_without_the_repository(tmp_path: P
     assert "usage: posttrain" in _run([str(script), "--help"], cwd=work, env=env).stdout
     bad = subprocess.run([str(script), "run", "--config", "nope"], cwd=work, env=env, capture_output=True, text=True)
     assert bad.returncode == 2
-    assert "packaged: compare-dpo-grpo, predict-rl, quickstart, smollm2-gsm8k" in bad.stderr
+    assert f"packaged: {', '.join(NAMES)}" in bad.stderr

@@ -208,7 +208,7 @@ def test_config_yaml_builds_the_components_and_names_bad_ones(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert str(info.value) == (
-        f"{bad}:4: reward.components.1.kind: 'verifyer' is not one of 'verifier', 'python', 'reward_model'; "
+        f"{bad}:4: reward.components.1.kind: 'verifyer' is not one of 'verifier', 'python', 'reward_model', 'judge', 'verdict'; "
         "did you mean 'verifier'?"
     )
     missing = tmp_path / "missing.yaml"

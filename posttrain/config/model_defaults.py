@@ -1,0 +1,100 @@
+"""Defaults that depend on the model: the tiny model's quickstart values, or a real model's.
+
+The code defaults of ``optim.lr`` (1e-3) and ``train.max_seq_len`` (128) are tuned for the
+built-in character-level model of a few hundred thousand parameters. On a pretrained model
+of 10^8+ parameters an lr of 1e-3 destroys it within a few steps, and 128 tokens cut most
+chat rows. So when ``model.path`` names a real model and the user set neither key, the stage
+gets the values the common trainers start from:
+
+- SFT (and eval, generate, a config read without a stage): lr 2e-5, TRL's ``SFTConfig``
+  default and torchtune's full fine-tune recipes' (e.g. ``llama3_2/1B_full``);
+- GRPO: lr 1e-6, TRL's ``GRPOConfig`` default and DeepSeekMath's GRPO (Shao et al. 2024, 4.1.2);
+- DPO: lr 1e-6, TRL's ``DPOConfig`` default (Zephyr, Tunstall et al. 2023, used 5e-7);
+- rm: lr 1e-5, the order InstructGPT's reward models used (Ouyang et al. 2022, appendix C.2: 9e-6);
+- every stage: ``train.max_seq_len`` 1024, TRL's ``SFTConfig.max_length`` default (still capped
+  by the model's own context at load).
+
+"Real" is every ``model.path`` except a model of posttrain's own character tokenizer (the tiny
+model, or a checkpoint trained from it), told by the ``vocab_size`` in its ``config.json``;
+without ``model.path`` the tiny model is built, and the code defaults stay, so the quickstart
+and the golden traces are unchanged. A value a file, a stage overlay or the command line gives
+always wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+from posttrain.config.sections import Config
+
+# posttrain.models.tiny's vocabulary: 7 special tokens and the printable ASCII characters but
+# three (a test checks it against char_tokenizer(); importing it here would load torch)
+TINY_VOCAB_SIZE = 7 + len([c for c in string.printable if c not in "\x0b\x0c\r"])
+
+REAL_LR = {"sft": 2e-5, "grpo": 1e-6, "dpo": 1e-6, "rm": 1e-5}  # by stage; any other stage: sft's
+REAL_LR_SOURCE = {
+    "sft": "TRL SFTConfig / torchtune full fine-tune",
+    "grpo": "TRL GRPOConfig, DeepSeekMath GRPO",
+    "dpo": "TRL DPOConfig",
+    "rm": "InstructGPT reward models",
+}
+REAL_MAX_SEQ_LEN = 1024  # TRL SFTConfig.max_length
+
+
+def _given(data: dict[str, Any], key: str) -> bool:
+    """Whether the user's mapping (file, stage overlay and overrides merged) holds the dotted ``key``."""
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _config_json(path: Path) -> dict[str, Any] | None:
+    try:
+        out = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def is_tiny_model(path: str) -> bool:
+    """Whether ``path`` is a model of posttrain's character tokenizer (a LoRA adapter: its base's)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False  # a .gguf, pkg:..., or a Hub id: a real model
+    cfg = _config_json(p)
+    if cfg is None:  # an adapter directory names its base
+        try:
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(base, str) and base != path and (Path(base) / "config.json").is_file() and is_tiny_model(base)
+    return cfg.get("vocab_size") == TINY_VOCAB_SIZE
+
+
+def resolve(cfg: Config, data: dict[str, Any], stage: str | None, notes: list[str]) -> Config:
+    """``cfg`` with the real-model defaults of the keys the user left out; each one applied noted in ``notes``."""
+    if cfg.model.path is None or is_tiny_model(cfg.model.path):
+        which = "unset: the tiny model is built" if cfg.model.path is None else "posttrain's tiny model"
+        for key, value in (("optim.lr", cfg.optim.lr), ("train.max_seq_len", cfg.train.max_seq_len)):
+            if not _given(data, key):
+                notes.append(f"{key}: {value:g}, the tiny model's default (model.path {which})")
+        return cfg
+    lr_stage = stage if stage in REAL_LR else "sft"
+    train, optim = cfg.train, cfg.optim
+    why = f"model.path is a real model ({cfg.model.path}), not posttrain's tiny one"
+    if not _given(data, "optim.lr"):
+        optim = dataclasses.replace(optim, lr=REAL_LR[lr_stage])
+        notes.append(
+            f"optim.lr: {optim.lr:g}, the {lr_stage} default of a real model ({REAL_LR_SOURCE[lr_stage]}): {why}"
+        )
+    if not _given(data, "train.max_seq_len"):
+        train = dataclasses.replace(train, max_seq_len=REAL_MAX_SEQ_LEN)
+        notes.append(f"train.max_seq_len: {REAL_MAX_SEQ_LEN}, a real model's default (TRL SFTConfig.max_length): {why}")
+    return dataclasses.replace(cfg, train=train, optim=optim)

@@ -1,0 +1,58 @@
+"""Self-Taught Evaluator data (Wang et al. 2024, "Self-Taught Evaluators", Section 3): pairs with a
+known winner from unlabelled instructions, and the rejection filter on the judge's own judgments.
+
+For an instruction x, a similar but different instruction x' is written; a response to x is
+"good" for x and a response to x' is "bad" for x (it answers another question), so the pair
+needs no human label. The judge samples judgments of (x, good, bad); those whose verdict
+picks the good response are kept (rejection sampling) and the judge is fine-tuned on them;
+the next iteration samples with the fine-tuned judge.
+
+Here x' comes from one of two places:
+
+- the built-in arithmetic task: x' is x with one operand changed (``perturb_expression``),
+  and the responses are the worked solutions of x and x' (``arithmetic_contrast``);
+- a generator model (``data.judge.ste_generator``) asked ``PERTURB`` for x', then asked x
+  and x' for the responses (``posttrain.recipes.judge``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+from posttrain.judges.parse import Side, parse_pairwise
+from posttrain.tasks.judging import JudgePair, worked_solution
+
+PERTURB = (
+    "Write one new instruction that is similar to the instruction below but asks for something different, "
+    "so that a good answer to it is a bad answer to the original. Reply with the new instruction only.\n\n"
+    "Instruction: {question}"
+)
+
+_OPERAND = re.compile(r"\d+")
+
+
+def perturb_expression(expression: str, rng: random.Random) -> str:
+    """``expression`` with one operand replaced by a different number of the same number of digits."""
+    spans = [m.span() for m in _OPERAND.finditer(expression)]
+    start, end = rng.choice(spans)
+    old = expression[start:end]
+    low = 0 if len(old) == 1 else 10 ** (len(old) - 1)
+    new = old
+    while new == old:
+        new = str(rng.randint(low, 10 ** len(old) - 1))
+    return expression[:start] + new + expression[end:]
+
+
+def arithmetic_contrast(expression: str, question: str, rng: random.Random) -> JudgePair:
+    """A problem's worked solution (good) against the worked solution of a perturbed problem (bad)."""
+    other = perturb_expression(expression, rng)
+    return JudgePair(f"ste:{expression}", question, worked_solution(expression), worked_solution(other))
+
+
+def keep_judgments(judgments: Sequence[str], right: Side, rng: random.Random, keep: int = 1) -> list[str]:
+    """Rejection sampling: up to ``keep`` of the judgments whose verdict picks the known winner, at random."""
+    good = [j for j in judgments if parse_pairwise(j) == right]
+    rng.shuffle(good)
+    return good[:keep]
