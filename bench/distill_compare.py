@@ -2,29 +2,46 @@
 
 Every method starts from the same briefly SFT-ed student and samples the same number of
 training responses (``--iterations`` x ``--prompts`` x ``--samples``); the tokens each
-actually sampled are reported beside its held-out pass@1 (the mean correctness of
-``--eval-samples`` samples at temperature 1 on ``--eval-problems`` test problems). The
-teacher is a larger tiny model trained by SFT on the same task for ``--teacher-steps``.
-CPU only, no downloads:
+actually sampled are reported beside its held-out pass@k: ``--eval-samples`` samples at
+temperature 1 on each of ``--eval-problems`` test problems, k = 1, 2, 4, ... up to
+``--eval-samples``, the unbiased estimator of Chen et al. 2021 (posttrain.eval.passk).
+The teacher is a larger tiny model trained by SFT on the same task for ``--teacher-steps``.
 
-    python bench/distill_compare.py --out runs/distill-compare              # 1 seed, ~10 min on 2 cores
+Every ``--eval-every`` iterations a run saves a checkpoint (``train.save_every``), and
+each is evaluated after the run, which gives the curve of held-out pass@1 against
+sampled tokens. Checkpoints rather than ``posttrain compare``'s resumed segments,
+because KDRL's and CHORD's linear schedules run to ``train.max_steps`` and a shorter
+segment would change them. ``train.keep_checkpoints`` keeps all of a run's checkpoints
+until it is evaluated (the default keeps two). For SFT on teacher samples, every teacher sample
+is drawn before training; its curve counts the tokens of the teacher samples its steps
+have consumed so far (a share of the total). CPU only, no downloads:
+
+    python bench/distill_compare.py --out runs/distill-compare              # 1 seed
     python bench/distill_compare.py --out runs/distill-compare --seeds 3
 
-Writes ``OUT/results.json`` and prints a table.
+On 2 shared cores the teacher's SFT takes most of the time (4 to 12 minutes, kept in
+``OUT/teacher`` and reused by a rerun); each seed after it took 1 to 7 minutes.
+
+Writes ``OUT/results.json``, ``OUT/results.md`` (the table) and ``OUT/distill-compare.png``
+(held-out pass@1 against sampled tokens, mean over seeds with a band of one std).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from posttrain.config import Config, load_config
 from posttrain.data.tokenize import encode_prompt
+from posttrain.eval.passk import mean_pass_at_k, powers_of_two
 from posttrain.models.io import load_model, load_tokenizer
 from posttrain.recipes.distill import train_distill
 from posttrain.recipes.grpo import train_grpo
@@ -53,8 +70,11 @@ def cfg(*overrides: str) -> Config:
     return load_config(None, [*TASK, *overrides])
 
 
-def pass_at_1(model_dir: Path, problems: int, samples: int, seed: int) -> float:
-    """Mean correctness of ``samples`` temperature-1 samples of each of ``problems`` held-out problems."""
+def pass_at_k(model_dir: Path, problems: int, samples: int, seed: int) -> dict[str, float]:
+    """Held-out pass@k, k = 1, 2, 4, ... <= ``samples``, from ``samples`` temperature-1 samples per problem.
+
+    pass@1 is the mean correctness of the samples (the unbiased estimator at k = 1).
+    """
     c = cfg()
     tokenizer = load_tokenizer(model_dir)
     task = make_task(c.data, tokenizer)
@@ -63,12 +83,30 @@ def pass_at_1(model_dir: Path, problems: int, samples: int, seed: int) -> float:
     engine = TorchEngine(load_model(model_dir, device="cpu"), tokenizer)
     out = engine.generate([p for p in prompts for _ in range(samples)],
                           SamplingParams(1.0, 1.0, 0, c.sampling.max_new_tokens, seed=seed))  # fmt: skip
-    return statistics.fmean(task.verify(examples[i // samples], o.text) for i, o in enumerate(out))
+    correct = [0] * problems
+    for i, o in enumerate(out):
+        correct[i // samples] += int(bool(task.verify(examples[i // samples], o.text)))
+    scores = mean_pass_at_k([(samples, n) for n in correct], powers_of_two(samples))
+    return {str(k): v for k, v in scores.items()}
 
 
-def sampled_tokens(run: Path, prompts: int, samples: int) -> int:
+def tokens_per_iteration(run: Path, prompts: int, samples: int) -> list[int]:
+    """Sampled tokens of each iteration of an RL or distillation run, in order."""
     records = {r["iteration"]: r for r in read_metrics(run / "metrics.jsonl") if "iteration" in r}
-    return round(sum(r["completion_len"] * prompts * samples for r in records.values()))
+    return [round(records[i]["completion_len"] * prompts * samples) for i in sorted(records)]
+
+
+def evaluate_run(run: Path, final: Path, tokens: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """pass@k at every saved checkpoint and at the end, with the sampled tokens spent by then."""
+    points = []
+    for step in range(args.eval_every, args.iterations, args.eval_every) if args.eval_every else []:
+        where = run / "checkpoints" / f"step_{step:06d}"
+        points.append({"iteration": step, "sampled_tokens": sum(tokens[:step]),
+                       "pass_at_k": pass_at_k(where, args.eval_problems, args.eval_samples, 0)})  # fmt: skip
+    points.append({"iteration": args.iterations, "sampled_tokens": sum(tokens),
+                   "pass_at_k": pass_at_k(final, args.eval_problems, args.eval_samples, 0)})  # fmt: skip
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    return points
 
 
 def teacher_samples_sft(args: argparse.Namespace, teacher: Path, student: Path, out: Path, seed: int) -> dict[str, Any]:
@@ -88,8 +126,10 @@ def teacher_samples_sft(args: argparse.Namespace, teacher: Path, student: Path, 
     (out / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     final = train_sft(cfg(*RL, f"model.path={student}", "data.task=jsonl", f"data.path={out / 'teacher.jsonl'}",
                           f"train.max_steps={args.iterations}", f"train.batch_size={args.prompts * args.samples}",
+                          f"train.save_every={args.eval_every}", "train.keep_checkpoints=1000000",
                           f"output_dir={out}", f"seed={seed}"))  # fmt: skip
-    return {"final": final, "tokens": sum(len(d.completion_ids) for d in drawn)}
+    total = sum(len(d.completion_ids) for d in drawn)
+    return {"final": final, "tokens": [round(total / args.iterations)] * args.iterations}
 
 
 def main() -> None:
@@ -103,6 +143,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--eval-problems", type=int, default=200)
     p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--eval-every", type=int, default=10, help="iterations between evaluated checkpoints; 0: end only")
     args = p.parse_args()
     torch.set_num_threads(1)
     out: Path = args.out
@@ -115,41 +156,97 @@ def main() -> None:
         train_sft(cfg(*STUDENT, f"output_dir={out / 'student'}", f"train.max_steps={args.student_steps}",
                       "train.batch_size=32", "optim.lr=3e-3", "optim.warmup_steps=5"))  # fmt: skip
     rollout = [f"rollout.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.samples}",
-               f"train.max_steps={args.iterations}"]  # fmt: skip
+               f"train.max_steps={args.iterations}", f"train.save_every={args.eval_every}",
+               "train.keep_checkpoints=1000000"]  # fmt: skip
     results: dict[str, Any] = {
-        "teacher": pass_at_1(teacher, args.eval_problems, args.eval_samples, 0),
-        "student_sft": pass_at_1(student, args.eval_problems, args.eval_samples, 0),
+        "teacher": pass_at_k(teacher, args.eval_problems, args.eval_samples, 0),
+        "student_sft": pass_at_k(student, args.eval_problems, args.eval_samples, 0),
         "methods": {},
     }
     for seed in range(args.seeds):
-        run = teacher_samples_sft(args, teacher, student, out / f"sft_teacher_samples-s{seed}", seed)
-        results["methods"].setdefault("sft_teacher_samples", []).append(
-            {
-                "seed": seed,
-                "pass@1": pass_at_1(run["final"], args.eval_problems, args.eval_samples, 0),
-                "sampled_tokens": run["tokens"],
-            }  # fmt: skip
-        )
+        where = out / f"sft_teacher_samples-s{seed}"
+        run = teacher_samples_sft(args, teacher, student, where, seed)
+        add_run(results, "sft_teacher_samples", seed, evaluate_run(where, run["final"], run["tokens"], args))
+        write_outputs(out, results, args)
         for name, extra in METHODS.items():
             where = out / f"{name}-s{seed}"
             c = cfg(*RL, *rollout, *extra, f"model.path={student}", f"teacher.path={teacher}", f"output_dir={where}",
                     f"seed={seed}")  # fmt: skip
             final = train_distill(c) if name == "distill" else train_grpo(c)
-            results["methods"].setdefault(name, []).append(
-                {
-                    "seed": seed,
-                    "pass@1": pass_at_1(final, args.eval_problems, args.eval_samples, 0),
-                    "sampled_tokens": sampled_tokens(where, args.prompts, args.samples),
-                }  # fmt: skip
-            )
+            tokens = tokens_per_iteration(where, args.prompts, args.samples)
+            add_run(results, name, seed, evaluate_run(where, final, tokens, args))
+            write_outputs(out, results, args)  # after every run, so a cut-short comparison keeps its numbers
+
+
+def add_run(results: dict[str, Any], name: str, seed: int, points: list[dict[str, Any]]) -> None:
+    last = points[-1]
+    row = {"seed": seed, "pass_at_k": last["pass_at_k"], "pass@1": last["pass_at_k"]["1"],
+           "sampled_tokens": last["sampled_tokens"], "points": points}  # fmt: skip
+    results["methods"].setdefault(name, []).append(row)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """Markdown: final held-out pass@k per method, mean ± sample std over seeds, and per seed pass@1."""
+    ks = list(results["teacher"])
+    head = " | ".join(f"pass@{k}" for k in ks)
+    lines = [f"| model / method | seeds | {head} | pass@1 per seed | sampled tokens (mean) |",
+             "|---|---|" + "---|" * len(ks) + "---|---|"]  # fmt: skip
+    for name, key in (("teacher", "teacher"), ("student after SFT (start)", "student_sft")):
+        lines.append(f"| {name} | - | " + " | ".join(f"{results[key][k]:.3f}" for k in ks) + " | - | - |")
+    for name, runs in results["methods"].items():
+        cells = []
+        for k in ks:
+            m, sd = mean_std([r["pass_at_k"][k] for r in runs])
+            cells.append(f"{m:.3f}" if len(runs) == 1 else f"{m:.3f} ± {sd:.3f}")
+        per_seed = ", ".join(f"{r['pass@1']:.3f}" for r in runs)
+        tokens = statistics.fmean(r["sampled_tokens"] for r in runs)
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {per_seed} | {tokens:.0f} |")
+    notes = [
+        f"Held-out: {args.eval_problems} test problems x {args.eval_samples} samples at T=1; pass@k unbiased "
+        "(Chen et al. 2021). Mean ± sample std over seeds.",
+        f"Every method: {args.iterations} iterations x {args.prompts} prompts x {args.samples} samples = "
+        f"{args.iterations * args.prompts * args.samples} sampled responses from the same SFT-ed student; "
+        "SFT on teacher samples: the teacher's responses to as many training prompts, one pass.",
+    ]
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Held-out pass@1 against sampled tokens; each curve starts at the shared student and is a mean over seeds."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    start = results["student_sft"]["1"]
+    for name, runs in results["methods"].items():
+        n = min(len(r["points"]) for r in runs)
+        xs = [0.0] + [statistics.fmean(r["points"][i]["sampled_tokens"] for r in runs) for i in range(n)]
+        stats = [(start, 0.0)] + [mean_std([r["points"][i]["pass_at_k"]["1"] for r in runs]) for i in range(n)]
+        means = [m for m, _ in stats]
+        ax.plot(xs, means, marker=".", label=name)
+        ax.fill_between(xs, [m - d for m, d in stats], [m + d for m, d in stats], alpha=0.15)
+    ax.axhline(results["teacher"]["1"], color="grey", linestyle="--", linewidth=1, label="teacher")
+    ax.scatter([0], [start], color="black", zorder=3, label="student after SFT")
+    ax.set_xlabel("sampled training tokens (SFT on teacher samples: teacher tokens consumed)")
+    ax.set_ylabel("held-out pass@1")
+    seeds = min(len(runs) for runs in results["methods"].values())
+    ax.set_title(f"distillation and RL from one student (mean ± std over {seeds} seed(s))")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_outputs(out: Path, results: dict[str, Any], args: argparse.Namespace) -> None:
     results["settings"] = vars(args) | {"out": str(args.out)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"teacher pass@1 {results['teacher']:.3f}, student after SFT {results['student_sft']:.3f}")
-    for name, runs in results["methods"].items():
-        acc = [r["pass@1"] for r in runs]
-        tokens = statistics.fmean(r["sampled_tokens"] for r in runs)
-        print(f"{name:22s} pass@1 {statistics.fmean(acc):.3f} over {len(acc)} seed(s) {acc}, "
-              f"sampled tokens {tokens:.0f}")  # fmt: skip
+    text = table(results, args)
+    (out / "results.md").write_text(f"# distillation comparison\n\n{text}\n![](distill-compare.png)\n")
+    plot(results, out / "distill-compare.png")
+    print(text)
 
 
 if __name__ == "__main__":

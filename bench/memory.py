@@ -46,6 +46,12 @@ and its gradient (``grpo.entropy_coef`` > 0) and ``rl_loss`` (PPO clip, KL to a
 reference), backward, clipping, AdamW, exactly as ``GRPOStep.loss_fn`` and
 ``optimizer_step`` do. ``--cap-gib`` bounds each process's address space, so a
 setting too large for the machine fails as "over the cap" instead of swapping.
+
+Setting ``trl``: the same update by TRL's ``GRPOTrainer`` (``bench/memory_trl.py``, run
+with ``--trl-python``, by default the benchmark environment's from ``make bench-env``),
+measured the same way; "update vs TRL" is each row's update figure over TRL's:
+
+    .venv/bin/python bench/memory.py --grpo --models smollm2 --settings full chunk-1024 trl --batch 8 --seq 512 --checkpointing
 """
 
 from __future__ import annotations
@@ -95,6 +101,9 @@ SMOLLM2: dict[str, Any] = {  # SmolLM2-135M's config.json sizes
 }  # fmt: skip
 GRPO_MODELS: dict[str, dict[str, Any]] = {"smollm2": SMOLLM2, "qwen-vocab": {**SMOLLM2, "vocab_size": 151936}}
 GRPO_SETTINGS = {"full": 0, "chunk-1024": 1024, "chunk-256": 256}  # train.logits_chunk
+TRL = "trl"  # --grpo setting: TRL's GRPOTrainer update (bench/memory_trl.py, in the benchmark environment)
+ROOT = Path(__file__).resolve().parent.parent
+TRL_SCRIPT = Path(__file__).resolve().with_name("memory_trl.py")
 MIB = 1024 * 1024
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -270,27 +279,37 @@ def grpo_table(results: dict[tuple[str, str], list[dict[str, float]]], args: arg
     lines = [
         f"GRPO update (PPO clip + KL + entropy bonus), micro-batch {args.batch} x {args.seq} tokens "
         f"(16 prompt + {args.seq - 16} completion), fp32, gradient checkpointing {'on' if args.checkpointing else 'off'}, "
-        f"{args.threads} threads; resident memory (VmHWM) in MiB, medians of {args.rounds} run(s); {versions()}",
+        f"{args.threads} threads; resident memory (VmHWM) in MiB, medians of {args.rounds} run(s); {versions()}"
+        + (f"; {trl_version(args.trl_python)}" if TRL in args.settings else ""),
         "",
-        "| model | vocab | setting | params (M) | load | peak | update | update vs full | loss |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | vocab | setting | params (M) | load | peak | update | update vs full | update vs TRL | loss |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model in args.models:
         base = results.get((model, "full"))
         base_train = statistics.median(r["train_mib"] for r in base) if base else None
+        peer = results.get((model, TRL))
+        peer_train = statistics.median(r["train_mib"] for r in peer) if peer else None
         for setting in args.settings:
             runs = results.get((model, setting))
             vocab = GRPO_MODELS[model]["vocab_size"]
             if not runs:
-                lines.append(f"| {model} | {vocab} | {setting} | | | | over the cap or failed | | |")
+                lines.append(f"| {model} | {vocab} | {setting} | | | | over the cap or failed | | | |")
                 continue
             m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             ratio = f"{m['train_mib'] / base_train:.2f}x" if base_train else ""
+            vs_trl = f"{m['train_mib'] / peer_train:.2f}x" if peer_train else ""
             lines.append(
                 f"| {model} | {vocab} | {setting} | {m['params_m']:.1f} | {m['load_mib']:.0f} | {m['peak_mib']:.0f} | "
-                f"{m['train_mib']:.0f} | {ratio} | {m['loss']:.6f} |"
+                f"{m['train_mib']:.0f} | {ratio} | {vs_trl} | {m['loss']:.6f} |"
             )
     return "\n".join(lines)
+
+
+def trl_version(python: str) -> str:
+    """The TRL version of the benchmark environment, which the table's own process does not import."""
+    done = subprocess.run([python, "-c", "import trl; print(trl.__version__)"], capture_output=True, text=True)
+    return f"trl {done.stdout.strip()}" if done.returncode == 0 else "trl not importable"
 
 
 def table(results: dict[tuple[str, str], list[dict[str, float]]], args: argparse.Namespace) -> str:
@@ -323,7 +342,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grpo", action="store_true", help="one GRPO update at a real vocabulary, full vs chunked head")
     p.add_argument("--models", nargs="+", choices=[*MODELS, *GRPO_MODELS], default=None)
-    p.add_argument("--settings", nargs="+", choices=[*SETTINGS, *GRPO_SETTINGS], default=None)
+    p.add_argument("--settings", nargs="+", choices=[*SETTINGS, *GRPO_SETTINGS, TRL], default=None)
+    p.add_argument("--trl-python", default=str(ROOT / ".bench-venv" / "bin" / "python"),
+                   help="--grpo: the interpreter of the environment with TRL (make bench-env), for setting trl")  # fmt: skip
     p.add_argument("--checkpointing", action="store_true", help="--grpo: train.gradient_checkpointing")
     p.add_argument("--cap-gib", type=float, default=9.0, help="--grpo: address-space cap of each measured process")
     p.add_argument("--batch", type=int, default=8)
@@ -335,7 +356,7 @@ def main() -> None:
     p.add_argument("--root", default=tempfile.mkdtemp())
     p.add_argument("--one", nargs=2, metavar=("MODEL", "SETTING"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    models, settings = (GRPO_MODELS, GRPO_SETTINGS) if args.grpo else (MODELS, SETTINGS)
+    models, settings = (GRPO_MODELS, {**GRPO_SETTINGS, TRL: 0}) if args.grpo else (MODELS, SETTINGS)
     args.models = args.models or list(models)
     args.settings = args.settings or (list(GRPO_SETTINGS) if args.grpo else DEFAULT_SETTINGS)
     wrong = [x for x in [*args.models, *args.settings] if x not in models and x not in settings]
@@ -359,7 +380,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for model in args.models:
             for setting in args.settings:
-                cmd = [sys.executable, __file__, "--one", model, setting, *common]
+                peer = args.grpo and setting == TRL
+                script = [args.trl_python, str(TRL_SCRIPT)] if peer else [sys.executable, __file__]
+                cmd = [*script, "--one", model, setting, *common]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"{model} {setting}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}", file=sys.stderr)

@@ -268,6 +268,7 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     need(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0")
     need(t.save_every >= 0, "train.save_every", "must be >= 0 (0 saves only at the end)")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1 (resume needs the newest)")
     need(t.logits_chunk >= 0, "train.logits_chunk", "must be >= 0 tokens (0: the full logits)")
     _validate_optim(o, need)
     need(cfg.logging.plain_every_s > 0, "logging.plain_every_s", "must be > 0 seconds")
@@ -277,6 +278,7 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     need(r.samples_per_prompt >= 2, "rollout.samples_per_prompt", "needs at least 2 samples: a group baseline, a pair")
     need(r.sync_every >= 0, "rollout.sync_every", "must be >= 0 (0 never syncs: offline)")
     need(r.ref_sync_every >= 0, "rollout.ref_sync_every", "must be >= 0 (0 keeps the initial policy)")
+    _validate_staleness(cfg, need)
     need(g.minibatches > 0, "grpo.minibatches", "must be > 0")
     need(g.updates_per_batch > 0, "grpo.updates_per_batch", "must be > 0")
     need(
@@ -404,6 +406,29 @@ def _floats(obj: Any, prefix: str) -> typing.Iterator[tuple[str, float]]:
             yield from _floats(item, f"{prefix}.{i}")
     elif isinstance(obj, float):
         yield prefix, obj
+
+
+def _validate_staleness(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    """Overlapped rollouts (``rollout.max_staleness`` >= 1) where their batches' versions are well defined."""
+    r, k = cfg.rollout, cfg.rollout.max_staleness
+    need(k >= 0, "rollout.max_staleness", "must be >= 0 (0: the synchronous loop)")
+    if k == 0:
+        return
+    need(r.sync_every == 1, "rollout.max_staleness",
+         f"needs rollout.sync_every=1 (got {r.sync_every}): a semi-online sampler is stale by design")  # fmt: skip
+    need(cfg.engine.dtype in ("auto", cfg.model.dtype), "rollout.max_staleness",
+         f"does not combine with engine.dtype={cfg.engine.dtype}: GRPO then recomputes old_logprobs with "
+         "the trainer, which would drop the ratio to the stale sampler")  # fmt: skip
+    need(
+        not cfg.data.tasks,
+        "rollout.max_staleness",
+        "does not combine with data.tasks: the curriculum updates the mix while the next batch is drawn",
+    )
+    need(
+        cfg.engine.backend != "vllm",
+        "rollout.max_staleness",
+        "does not combine with engine.backend=vllm: vLLM shares the trainer's GPU (use torch or ray)",
+    )
 
 
 def _validate_optim(o: OptimConfig, need: Callable[[bool, str, str], None]) -> None:

@@ -200,6 +200,7 @@ class TrainConfig:
     max_seq_len: int = 128
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     save_every: int = 0  # steps between checkpoints; 0 saves only at the end
+    keep_checkpoints: int = 2  # checkpoints/step_* kept (the newest); older ones are deleted after each save
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
     epochs: float = 0.0  # SFT: > 0 sets max_steps to this many passes over the demonstrations
     # SFT, GRPO: lay short sequences end to end in rows of the longest one's length instead of padding
@@ -230,6 +231,9 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 disables
     max_new_tokens: int = 64
+    # posttrain eval / generate only: sample at the picks of the temperature head saved beside the model
+    # (posttrain adaptive): off, sample (draw each pick), argmax (its likeliest); torch engine; temperature unused
+    adaptive: Literal["off", "sample", "argmax"] = "off"
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,9 @@ class RolloutConfig:
     sync_every: int = 1
     # iterations between syncs of the reference (DPO's reference, GRPO's KL target): 0 keeps the initial policy
     ref_sync_every: int = 0
+    # optimiser iterations a batch's sampler may lag the trainer: 0 samples after each sync (synchronous);
+    # k >= 1 samples iteration i+1 on a producer thread while i trains (needs sync_every=1; rollout/overlap.py)
+    max_staleness: int = 0
 
 
 @dataclass(frozen=True)

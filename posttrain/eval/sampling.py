@@ -20,6 +20,10 @@ drawn whole and its first samples used, for the same reason.
 
 Answers are checked by ``posttrain.eval.checking``: a check that times out or
 raises leaves its problem unscored and counted, never scored 0.
+
+Both phases are shown by ``posttrain.train.metrics.phase`` (rate, ETA; plain lines off a
+terminal): sampling advances after every generation batch of the engine, checking after
+every batch of whole problems. Neither changes a sample, a check or the cache.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from posttrain.rollout.base import RolloutEngine, SamplingParams
 from posttrain.rollout.torch_engine import SAMPLER_VERSION, TorchEngine
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Example, Task
-from posttrain.train.metrics import console
+from posttrain.train.metrics import Advance, console, phase
 
 
 @torch.no_grad()
@@ -105,8 +109,41 @@ def _records(completions: list[Any]) -> list[list[Any]]:
     return [[c.text, len(c.completion_ids), c.finish_reason] for c in completions]
 
 
+def _no_progress(n: float = 1, info: str | None = None) -> None:
+    """An ``Advance`` that shows nothing."""
+
+
+def _generate(engine: RolloutEngine, prompts: list[list[int]], params: SamplingParams, advance: Advance) -> list[Any]:
+    """``engine.generate``, advancing the progress after each generation batch.
+
+    The in-process engine reports each of its batches (``TorchEngine.on_batch``) during
+    the same single call, so the samples are exactly those of a call without it. Other
+    engines generate in one opaque call, reported when it returns.
+    """
+    if not isinstance(engine, TorchEngine):
+        completions = engine.generate(prompts, params)
+        advance(len(prompts))
+        return completions
+    before, engine.on_batch = engine.on_batch, advance
+    try:
+        return engine.generate(prompts, params)
+    finally:
+        engine.on_batch = before
+
+
+def sampling_total(ecfg: EvalConfig, num_prompts: int) -> int:
+    """The sequences an evaluation draws, cached or not: whole chunks of samples, then one greedy per prompt."""
+    n, c = ecfg.samples_per_problem, ecfg.chunk_size
+    return ((n + c - 1) // c) * c * num_prompts + num_prompts
+
+
 def draw_samples(
-    engine: RolloutEngine, prompts: list[list[int]], ecfg: EvalConfig, seed: int, cache: SampleCache
+    engine: RolloutEngine,
+    prompts: list[list[int]],
+    ecfg: EvalConfig,
+    seed: int,
+    cache: SampleCache,
+    advance: Advance = _no_progress,
 ) -> list[list[Sample]]:
     """n samples of each prompt rounded up to whole chunks, each chunk from the cache when it is there."""
     n, c = ecfg.samples_per_problem, ecfg.chunk_size
@@ -115,22 +152,38 @@ def draw_samples(
         chunk = cache.samples(j)
         if chunk is None or len(chunk) != len(prompts):
             sc = ecfg.sampling
-            params = SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, seed=derive_seed(seed, 4, j))
-            flat = _records(engine.generate([p for p in prompts for _ in range(c)], params))
+            params = SamplingParams(
+                sc.temperature,
+                sc.top_p,
+                sc.top_k,
+                sc.max_new_tokens,
+                seed=derive_seed(seed, 4, j),
+                adaptive=sc.adaptive,
+            )
+            flat = _records(_generate(engine, [p for p in prompts for _ in range(c)], params, lambda k: advance(k, "")))
             chunk = [flat[i * c : (i + 1) * c] for i in range(len(prompts))]
             cache.save_samples(j, chunk)
+        else:
+            advance(c * len(prompts), info="cached")
         for row, got in zip(rows, chunk):
             row += [Sample(*s) for s in got]
     return rows
 
 
 def greedy_samples(
-    engine: RolloutEngine, prompts: list[list[int]], ecfg: EvalConfig, cache: SampleCache
+    engine: RolloutEngine,
+    prompts: list[list[int]],
+    ecfg: EvalConfig,
+    cache: SampleCache,
+    advance: Advance = _no_progress,
 ) -> list[Sample]:
     found = cache.value("greedy")
     if found is None or len(found) != len(prompts):
-        found = _records(engine.generate(prompts, SamplingParams(0.0, 1.0, 0, ecfg.sampling.max_new_tokens)))
+        params = SamplingParams(0.0, 1.0, 0, ecfg.sampling.max_new_tokens)
+        found = _records(_generate(engine, prompts, params, lambda k: advance(k, info="greedy")))
         cache.save_value("greedy", found)
+    else:
+        advance(len(prompts), info="greedy cached")
     return [Sample(*s) for s in found]
 
 
@@ -145,8 +198,15 @@ def check_all(
     greedy: list[Sample],
     chunk_size: int,
     cache: SampleCache,
+    batch_size: int = 256,
+    advance: Advance = _no_progress,
 ) -> tuple[list[list[Check]], list[Check]]:
-    """Checks of every sample (chunk by chunk, cached per checker) and of every greedy completion."""
+    """Checks of every sample (chunk by chunk, cached per checker) and of every greedy completion.
+
+    The checks to run go to the checker in batches of whole problems, about ``batch_size``
+    each, with ``advance`` after each; a problem's checks stay in one batch, so a failed
+    check skips the same later checks as one call over all would (``TaskChecker.run``).
+    """
     chunks = len(samples[0]) // chunk_size
     found: dict[int, list[list[Check]]] = {}
     for j in range(chunks):
@@ -167,7 +227,13 @@ def check_all(
         if greedy_got is None:
             jobs.append((p, greedy[p].text))
             where.append((-1, p, 0))
-    fresh = checker.run(problems, jobs) if jobs else []
+    cached = len(problems) * (chunks * chunk_size + 1) - len(jobs)
+    if cached:
+        advance(cached, info="cached")
+    fresh: list[Check] = []
+    for lo, hi in _problem_spans([p for p, _ in jobs], batch_size):
+        fresh += checker.run(problems, jobs[lo:hi])
+        advance(hi - lo, info="")
     new: dict[int, list[list[Check]]] = {}
     for (j, p, _), check in zip(where, fresh):
         new.setdefault(j, [[] for _ in problems])[p].append(check)
@@ -177,6 +243,16 @@ def check_all(
     greedy_rows = new[-1] if -1 in new else [[Check(*c) for c in row] for row in greedy_got or []]
     checks = [[c for j in range(chunks) for c in found[j][p]] for p in range(len(problems))]
     return checks, [row[0] for row in greedy_rows]
+
+
+def _problem_spans(owners: list[int], size: int) -> list[tuple[int, int]]:
+    """(start, end) spans of ``owners`` (each job's problem, grouped) of about ``size`` jobs, cut only between problems."""
+    spans, lo = [], 0
+    for i in range(1, len(owners) + 1):
+        if i == len(owners) or (i - lo >= size and owners[i] != owners[i - 1]):
+            spans.append((lo, i))
+            lo = i
+    return spans
 
 
 def sample_cache(
@@ -212,8 +288,18 @@ def sample_cache(
         "chunk_size": ecfg.chunk_size,
         "batch_size": batch_size,
         **({"engine": type(engine).__name__} if not isinstance(engine, TorchEngine) else {}),
+        **(_head_key(ecfg, model_dir) if ecfg.sampling.adaptive != "off" else {}),  # absent when off, as top_k
     }
     return SampleCache(root or Path("."), key, enabled=weights is not None)
+
+
+def _head_key(ecfg: EvalConfig, model_dir: str | None) -> dict[str, Any]:
+    """Adaptive sampling's part of the key: the pick rule and a hash of the head's weights and settings.
+
+    Samples of the same model drawn at a fixed temperature, or with another head, are other entries.
+    """
+    head = model_hash(model_dir, patterns=("temperature_head*",)) if model_dir is not None else None
+    return {"adaptive": ecfg.sampling.adaptive, "head": head}
 
 
 def evaluate_model(
@@ -256,10 +342,14 @@ def evaluate_model(
     engine = engine or TorchEngine(model, tokenizer, batch_size=batch_size)
     seed = cfg.seed
     cache = sample_cache(ecfg, cache_dir, model_dir, model, engine, problems, seed, batch_size)
-    samples = draw_samples(engine, prompts, ecfg, seed, cache)
-    greedy = greedy_samples(engine, prompts, ecfg, cache)
+    with phase("eval sampling (sequences)", total=sampling_total(ecfg, len(prompts))) as advance:
+        samples = draw_samples(engine, prompts, ecfg, seed, cache, advance)
+        greedy = greedy_samples(engine, prompts, ecfg, cache, advance)
     checker = TaskChecker(task, cfg.reward.timeout_s, cfg.reward.workers)
-    checks, greedy_checks = check_all(checker, problems, samples, greedy, ecfg.chunk_size, cache)
+    checks_total = len(problems) * (len(samples[0]) + 1)
+    with phase("eval checking (answers)", total=checks_total) as advance:
+        checks, greedy_checks = check_all(checker, problems, samples, greedy, ecfg.chunk_size, cache,
+                                          batch_size, advance)  # fmt: skip
     n = ecfg.samples_per_problem
     result = summarize(
         [ex.id for ex in problems], [row[:n] for row in samples], [row[:n] for row in checks], greedy_checks, seed
@@ -268,6 +358,9 @@ def evaluate_model(
     own = getattr(task, "sample_record", None)  # a task's own numbers over the samples (LIFT: length violations)
     if callable(own):
         result.update(own(problems, [[s.text for s in row[:n]] for row in samples], seed))
+    scored = getattr(task, "checked_record", None)  # a task's own numbers over the checks (AggLM: hard vs easy)
+    if callable(scored):
+        result.update(scored(problems, [row[:n] for row in checks], greedy_checks, seed))
     demos = heldout_demos(task, ecfg.heldout_demos, seed)
     name = f"heldout-{digest([[ex.id, ex.prompt, ex.completion] for ex in demos])[:12]}-{batch_size}"
     terms = cache.value(name)
@@ -276,5 +369,7 @@ def evaluate_model(
         cache.save_value(name, terms)
     result.update(heldout_summary([(float(s), int(t)) for s, t in terms], seed))
     result.update({"temperature": ecfg.sampling.temperature, "model_hash": cache.key["model"], "checker": checker.key})
+    if ecfg.sampling.adaptive != "off":  # the temperature head's picks, not eval.sampling.temperature
+        result.update({"adaptive": ecfg.sampling.adaptive, "head_hash": cache.key["head"]})
     result.update(problems_record(task, problems))
     return result

@@ -19,6 +19,10 @@ A peft adapter directory (``adapter_config.json``, what a LoRA run saves) stands
 for its base model plus the adapters: it passes the same checks and loads merged
 (``load_adapter_model``), so eval, generate and a next stage use a LoRA run's
 ``final/`` like any other model directory.
+
+Loading a model whose weights are large (``ANNOUNCE_BYTES``) says when it starts and how
+long it took, and a GGUF conversion shows its steps (``posttrain.train.metrics.phase``);
+the tiny model's loads stay silent. transformers draws its own bar over the tensors.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.device import resolve_device
 from posttrain.errors import ModelError
+from posttrain.train.metrics import phase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"
@@ -192,10 +197,26 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
+# Loads of fewer bytes of weights than this pass silently: a second at most (the tiny model's are 3.5 MB)
+ANNOUNCE_BYTES = 32 << 20
+
+
+def weights_bytes(path: str | Path) -> int:
+    """The size of a model directory's weight files: what a load reads."""
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in Path(path).glob(pattern))
+
+
 def load_model(path: str | Path, dtype: str = "float32", device: str = "auto") -> PreTrainedModel:
+    """The causal LM in ``path``; a start and an end line with the time taken when its weights are large."""
     check_causal_lm_head(path)
     if is_adapter_dir(path):
         return load_adapter_model(path, dtype, device)
+    size = weights_bytes(path)
+    with phase(f"model: loading {path} ({size / 2**20:.0f} MiB)", announce=size >= ANNOUNCE_BYTES):
+        return _load_plain(path, dtype, device)
+
+
+def _load_plain(path: str | Path, dtype: str, device: str) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(str(path))
     try:
         # with output_loading_info: (model, {missing_keys, unexpected_keys, ...}), which the stubs do not know
@@ -400,27 +421,38 @@ def _source_record(gguf: Path) -> dict[str, Any]:
     return {"file": gguf.name, "bytes": gguf.stat().st_size}
 
 
+# The steps of a GGUF conversion, each named in the progress line once done
+GGUF_STEPS = ("read and dequantised", "float32 model built", "safetensors written")
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Write ``gguf`` as a plain float32 directory at ``out`` (config, safetensors, tokenizer); reuse it after.
 
     Written under a temporary name and renamed into place, so ``out`` is complete or
-    absent. ``gguf_source.json`` names the file it came from: another GGUF (or a changed
+    absent. Its start, its ``GGUF_STEPS`` and its end with the time taken are shown
+    (``posttrain.train.metrics.phase``). ``gguf_source.json`` names the file it came from: another GGUF (or a changed
     file) converts again instead of silently reusing the old weights.
     """
     record = _source_record(gguf)
     marker = out / GGUF_SOURCE
     if is_model_dir(out) and marker.is_file() and json.loads(marker.read_text()) == record:
         return out
-    loaded, tokenizer = load_gguf(gguf)
-    # A GGUF-loaded model refuses save_pretrained: its (already dequantised) weights go
-    # into a fresh model of the same config without the quantisation record.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    return save_pretrained_atomic(model, tokenizer, out, {GGUF_SOURCE: json.dumps(record) + "\n"})
+    what = f"model: converting {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB) to {out}"
+    with phase(what, total=len(GGUF_STEPS), announce=True) as advance:
+        loaded, tokenizer = load_gguf(gguf)
+        advance(info=GGUF_STEPS[0])
+        # A GGUF-loaded model refuses save_pretrained: its (already dequantised) weights go
+        # into a fresh model of the same config without the quantisation record.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        advance(info=GGUF_STEPS[1])
+        saved = save_pretrained_atomic(model, tokenizer, out, {GGUF_SOURCE: json.dumps(record) + "\n"})
+        advance(info=GGUF_STEPS[2])
+    return saved
 
 
 def load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

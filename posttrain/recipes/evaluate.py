@@ -18,7 +18,7 @@ from posttrain.eval.diversity import format_diversity_table
 from posttrain.eval.sampling import evaluate_model
 from posttrain.models.io import load_model, load_tokenizer, resolve_model_path
 from posttrain.recipes.common import setup
-from posttrain.rollout.factory import build_engine
+from posttrain.rollout.factory import build_engine, with_saved_head
 from posttrain.tasks.aggregation import aggregation_record, format_aggregation_table
 from posttrain.tasks.multi import MultiTask, format_task_table, merge_records
 from posttrain.tasks.registry import make_task
@@ -59,7 +59,8 @@ def evaluate_dirs(cfg: Config, models: dict[str, str], whole_file: bool = False)
         tokenizer = load_tokenizer(path)
         task = make_task(cfg.data, tokenizer, whole_file=whole_file)  # each model's own chat template
         model = load_model(path, cfg.model.dtype, cfg.model.device)
-        engine = build_engine(cfg, model, tokenizer, path)  # engine.backend: the in-process sampler, Ray or vLLM
+        # engine.backend: the in-process sampler (with the saved temperature head under eval.sampling.adaptive), Ray or vLLM
+        engine = with_saved_head(build_engine(cfg, model, tokenizer, path), path, cfg.eval.sampling.adaptive)
         try:
             if isinstance(task, MultiTask):  # data.tasks: each task on its own test split, with its own checker
                 results[name] = merge_records(

@@ -16,7 +16,7 @@ from posttrain.eval.sampling import eval_problems
 from posttrain.models.io import context_length, load_model, load_tokenizer
 from posttrain.recipes.common import model_dir, setup
 from posttrain.rollout.base import SamplingParams
-from posttrain.rollout.factory import build_engine
+from posttrain.rollout.factory import build_engine, with_saved_head
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Example
 from posttrain.tasks.prompting import styled_prompt
@@ -48,8 +48,10 @@ def run_generate(cfg: Config, prompts: list[str] | None = None) -> list[dict[str
     s = cfg.sampling
     for ex, p in zip(examples, ids):
         check_length(ex, len(p), s.max_new_tokens, context_length(model))
-    sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, 5))
-    engine = build_engine(cfg, model, tokenizer, cfg.model.path)  # type: ignore[arg-type]
+    sampling = SamplingParams(
+        s.temperature, s.top_p, s.top_k, s.max_new_tokens, seed=derive_seed(cfg.seed, 5), adaptive=s.adaptive
+    )  # sampling.adaptive: the temperature head saved beside the model picks the temperatures
+    engine = with_saved_head(build_engine(cfg, model, tokenizer, cfg.model.path), cfg.model.path, s.adaptive)  # type: ignore[arg-type]
     try:
         completions = engine.generate(ids, sampling)
     finally:
@@ -61,6 +63,8 @@ def run_generate(cfg: Config, prompts: list[str] | None = None) -> list[dict[str
     rows = []
     for i, (ex, c) in enumerate(zip(examples, completions)):
         row: dict[str, Any] = {"id": ex.id, "prompt": ex.prompt, "completion": c.text, "finish_reason": c.finish_reason}
+        if c.temperature_choices is not None:  # the head's picks, as indices into its temperatures
+            row["temperature_choices"] = c.temperature_choices
         if i in checks:
             row["answer"] = ex.answer
             check = checks[i]

@@ -18,6 +18,8 @@ Who holds the sampler's weights: an in-process engine samples from the policy it
 when it syncs every iteration (no copy, no sync), and from a copy of the policy
 otherwise; an engine with its own copy (Ray, vLLM) receives the weights at each sync.
 Every record a step writes carries the ``policy_version`` that sampled its batch.
+With ``rollout.max_staleness`` >= 1 a producer thread samples iteration i + 1 while
+iteration i trains (``posttrain.rollout.overlap``).
 
 A checkpoint records the iteration each follower (sampler, reference) last synced at,
 and its weights when they are neither the initial model's nor about to be replaced, so
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ from posttrain.config import Config, RewardConfig
 from posttrain.data.curriculum import TaskMix
 from posttrain.data.tokenize import encode_prompt, fit_prompts
 from posttrain.device import precision
-from posttrain.errors import DataError, TrainingError
+from posttrain.errors import ConfigError, DataError, TrainingError
 from posttrain.models.io import context_length, load_model
 from posttrain.models.lora import is_lora, zero_adapters
 from posttrain.recipes.launch import open_training
@@ -51,6 +54,7 @@ from posttrain.rewards.registry import build_reward
 from posttrain.rollout.base import ENGINES
 from posttrain.rollout.factory import build_engine, init_ray, policy_state, sync_engine
 from posttrain.rollout.groups import sample_groups
+from posttrain.rollout.overlap import Rollouts, check_overlap
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Task
 from posttrain.tasks.multi import MultiTask, build_multi_scorer
@@ -200,6 +204,12 @@ def initial_weights(cfg: Config, model: PreTrainedModel) -> Callable[[], dict[st
 
 def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
     """Train with ``step`` on the shared loop; write ``output_dir/{metrics.jsonl, checkpoints/, final/}``."""
+    if cfg.sampling.adaptive != "off":  # the loop samples at sampling.temperature; a head would be silently unused
+        raise ConfigError(
+            f"sampling.adaptive={cfg.sampling.adaptive}: the RL loop samples at sampling.temperature; a temperature "
+            "head samples in posttrain eval, generate and adaptive only: leave sampling.adaptive=off",
+            field="sampling.adaptive",
+        )
     (cfg, out, ckpt, tokenizer, model, _), net = open_training(cfg, resume)
     r = cfg.rollout
     distributed.check_divisible(r.prompts_per_step, "rollout.prompts_per_step")
@@ -217,21 +227,45 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
         run = Run(cfg, model, net, tokenizer, optimizer, scheduler, writer, reference)
         with progress() as bar:
             bar_id = bar.add_task(step.stage, total=cfg.train.max_steps, completed=start, info="")
+            rollouts = Rollouts(check_overlap(cfg, step))  # rollout.max_staleness >= 1: sample ahead
+            stack.callback(rollouts.close)  # before the engine closes: a batch in flight still uses it
+            pick = getattr(step, "sampler", None)  # a step may sample an iteration with another engine
             for it in range(start, cfg.train.max_steps):
+                ahead = rollouts.take(it, it)  # the producer's batch, sampled while iteration it - 1 trained
                 for f in followers:  # the sampler's weights (a copy, or the engine's own), the reference
                     f.sync(it, model)
-                pick = getattr(step, "sampler", None)  # a step may sample an iteration with another engine
                 now = pick(run, it, engine) if pick is not None else engine  # (distill's teacher, Prefix-RFT)
-                groups = draw_and_sample(cfg, it, run, task, now, scorer, step.doom_groups)
+                groups = ahead if ahead is not None else draw_and_sample(cfg, it, run, task, now, scorer,
+                                                                          step.doom_groups)  # fmt: skip
                 rollout = rollout_metrics(groups, step.stage, it)
                 if mix is not None:  # per-task numbers, then the next iteration's mix (data.curriculum)
                     rollout.update(mix.observe(groups, scorer, distributed.all_sum))
+                if rollouts.overlapped:
+                    rollout.update(staleness=it - groups.policy_version, resampled=rollouts.resampled)
+                    if it + 1 < cfg.train.max_steps:  # iteration it + 1 from version it, while this one trains
+                        rollouts.submit(
+                            it + 1,
+                            functools.partial(
+                                draw_and_sample,
+                                cfg,
+                                it + 1,
+                                run,
+                                task,
+                                engine,
+                                scorer,
+                                step.doom_groups,
+                                policy_version=it,
+                            ),
+                        )
                 last = step(run, it, groups, rollout)
                 bar.update(bar_id, advance=1, info=_progress_info(last))
                 if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
                     kept = {k: v for f in followers for k, v in f.checkpoint(it + 1).items()}
                     kept.update(mix.checkpoint() if mix is not None else {})
-                    save_checkpoint(out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler, kept)
+                    save_checkpoint(
+                        out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler, kept,
+                        keep=cfg.train.keep_checkpoints,
+                    )  # fmt: skip
         writer.close()
     final = save_final(model, tokenizer, out / "final")
     if last:
@@ -296,7 +330,7 @@ def _open_followers(
     initial = initial_weights(cfg, model)
     in_process = ENGINES[cfg.engine.backend].in_process
     sampler = None
-    if in_process and r.sync_every != 1:
+    if in_process and (r.sync_every != 1 or r.max_staleness > 0):  # overlapped: the producer samples a copy
         sampler = Follower("generator", r.sync_every, model, initial)
         sampler.restore(extra, ckpt is not None)
     followers: list[Follower | EngineWeights] = [sampler] if sampler is not None else []
@@ -340,9 +374,16 @@ def _open_scorer(cfg: Config, task: Task, stack: contextlib.ExitStack) -> Any:
 
 
 def draw_and_sample(
-    cfg: Config, it: int, run: Run, task: Task, engine: Any, scorer: Any, doom_groups: bool
+    cfg: Config,
+    it: int,
+    run: Run,
+    task: Task,
+    engine: Any,
+    scorer: Any,
+    doom_groups: bool,
+    policy_version: int | None = None,
 ) -> ScoredGroups:
-    """This rank's share of iteration ``it``'s prompts, sampled and scored."""
+    """This rank's share of iteration ``it``'s prompts, sampled and scored (by weights ``policy_version``)."""
     r, s = cfg.rollout, cfg.sampling
     drawn = task.examples("train", r.prompts_per_step, derive_seed(cfg.seed, it, 2))
     encoded = [encode_prompt(run.tokenizer, task.prompt(ex)) for ex in drawn]
@@ -363,7 +404,8 @@ def draw_and_sample(
     with precision(run.model.device, cfg.train.mixed_precision), distributed.full_weights(run.model):
         groups = sample_groups(
             engine, scorer, examples, prompts, group_size=r.samples_per_prompt, sampling=sampling,
-            policy_version=last_sync(it, r.sync_every), doom_groups=doom_groups,
+            policy_version=last_sync(it, r.sync_every) if policy_version is None else policy_version,
+            doom_groups=doom_groups,
         )  # fmt: skip
     groups.prompts_too_long = too_long  # the groups an iteration skipped, for its metrics
     report = groups.report or ScoreReport([])

@@ -31,6 +31,7 @@ from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches
 from posttrain.data.tokenize import LengthCount, Limit
 from posttrain.device import precision
 from posttrain.errors import ConfigError, DataError
+from posttrain.tasks.pools import is_pool_file, load_pool_pairs
 from posttrain.tasks.preferences import SHAPE, distinct_pairs, encode_pairs, load_preferences
 from posttrain.train import distributed
 from posttrain.train.checkpoint import save_checkpoint
@@ -75,7 +76,8 @@ def dpo_loss_fn(
 def load_pair_data(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, max_len: int | None, command: str, context: int | None = None
 ) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    """Encoded (train, held-out) pairs of ``data.path`` (and ``data.eval_path``).
+    """Encoded (train, held-out) pairs of ``data.path`` (and ``data.eval_path``): its pairs, or the pairs
+    ``dpo.pairs`` builds from its scored response pools (``posttrain.tasks.pools``).
 
     Each pair fits ``max_len`` (``train.max_seq_len`` capped by the model's ``context``) as
     ``data.truncation`` says; the pairs cut or dropped are reported in one line.
@@ -87,7 +89,10 @@ def load_pair_data(
             file="command line",
             field="data.path",
         )
-    splits = load_preferences(path, cfg.data.eval_path)
+    if is_pool_file(path):  # scored response pools: pairs by dpo.pairs (random, best_worst, divpo)
+        splits = load_pool_pairs(path, cfg.data.eval_path, cfg.dpo, cfg.seed)
+    else:
+        splits = load_preferences(path, cfg.data.eval_path)
     # a pair with chosen == rejected teaches nothing: dropped and counted, refused when all are
     splits = {k: distinct_pairs(v, path if k == "train" else cfg.data.eval_path or path) for k, v in splits.items()}
     if cfg.data.length_instructions.enabled:  # LIFT: length-instructed copies of the training pairs
@@ -145,7 +150,9 @@ def run_pair_steps(
             writer.write({**record, "tokens_per_s": tokens / (time.perf_counter() - t0)})
             bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}, lr {stats['lr']:.2e}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-                save_checkpoint(cfg.out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler)
+                save_checkpoint(
+                    cfg.out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler, keep=cfg.train.keep_checkpoints
+                )
     return stats
 
 

@@ -5,7 +5,8 @@ directory reads each sample through a template (``posttrain.judges.parse``: buil
 J1-style ``j1``, the tiny model's ``short``, or a file), rendered as a user turn with the
 judge's chat template when it has one, reasons, and states a verdict. It samples with
 the rollout factory's engine (``posttrain.rollout.factory.build_engine``: the in-process
-sampler, or Ray actors when the reward runs on Ray), greedily by default.
+sampler, or one Ray actor when the reward runs on Ray, i.e. with ``engine.backend=ray``;
+never vLLM, see ``engine_backend``), greedily by default.
 
 - ``mode: pointwise``: the reward is the judge's 0-10 score / 10.
 - ``mode: pairwise``: every pair of a prompt's G samples is judged in both orders and
@@ -33,7 +34,7 @@ task draws side by side. A malformed verdict is a wrong one there: 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from posttrain.data.tokenize import chat_enabled, encode_prompt
 from posttrain.errors import ConfigError
@@ -57,6 +58,16 @@ def runs(examples: Sequence[Example]) -> list[list[int]]:
     return out
 
 
+def engine_backend(backend: str) -> Literal["torch", "ray"]:
+    """The judge's engine for the reward's backend: Ray actors when the reward runs on Ray, else in process.
+
+    vLLM is not offered for the judge: a vLLM policy engine fills its GPU itself, and its check
+    (``posttrain.rollout.factory.check_engine``) refuses ``engine.backend=vllm`` without a GPU before
+    any reward is built, so a judge never meets vLLM on a machine without one.
+    """
+    return "ray" if backend == "ray" else "torch"
+
+
 class JudgeModel:
     """A causal LM that answers judge prompts: rendered text in, (completion text, tokens) out; None when too long."""
 
@@ -68,6 +79,7 @@ class JudgeModel:
         device: str = "auto",
         backend: str = "local",
         batch_size: int = 64,
+        workers: int = 1,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
@@ -91,7 +103,7 @@ class JudgeModel:
         self.sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         cfg = Config(
             model=ModelConfig(path=path, dtype=dtype, device=device),  # type: ignore[arg-type]
-            engine=EngineConfig(backend="ray" if backend == "ray" else "torch", batch_size=batch_size),
+            engine=EngineConfig(backend=engine_backend(backend), batch_size=batch_size, workers=workers),
             sampling=SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens),
         )
         self.engine = build_engine(cfg, self.model, self.tokenizer, path)  # the policy's factory

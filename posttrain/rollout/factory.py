@@ -53,6 +53,13 @@ def check_engine(cfg: Config, *, distributed: bool = False, lora: bool | None = 
             f"use sampling.top_p=1 and sampling.top_k=0 with {FIELD}={b}",
             field=FIELD,
         )
+    for where, sc in (("sampling.adaptive", cfg.sampling), ("eval.sampling.adaptive", cfg.eval.sampling)):
+        if sc.adaptive != "off" and not caps.in_process:  # the head reads the sampling module's hidden states
+            raise ConfigError(
+                f"the {b} engine samples a call at one temperature and cannot run a temperature head: "
+                f"use {FIELD}=torch with {where}={sc.adaptive}",
+                field=FIELD,
+            )
     if caps.needs_cuda and not torch.cuda.is_available():
         raise ConfigError(f"the {b} backend needs a CUDA GPU; use {FIELD}=torch", field=FIELD)
 
@@ -104,6 +111,30 @@ def build_engine(
         e.sync_timeout_s, e.generate_timeout_s,
     )  # fmt: skip
     return _first_sync(engine, model)
+
+
+def with_saved_head(engine: RolloutEngine, model_dir: str | Path, adaptive: str) -> RolloutEngine:
+    """``engine`` carrying the temperature head saved in ``model_dir`` when ``adaptive`` (a sampling.adaptive) is on.
+
+    Adaptive Decoding (Dhuliawala et al. 2024): ``posttrain adaptive`` writes the head into
+    the model directory it saves (``posttrain.models.temperature_head``). No head there is a
+    ConfigError; an engine that is not in-process was already refused by ``check_engine``.
+    """
+    if adaptive == "off" or not engine.capabilities.in_process:
+        return engine
+    from posttrain.models.temperature_head import HEAD_WEIGHTS, load_head
+
+    model = cast(InProcessEngine, engine).model
+    head = load_head(model_dir, next(model.parameters()).device)
+    if head is None:
+        engine.close()
+        raise ConfigError(
+            f"adaptive sampling needs a temperature head ({HEAD_WEIGHTS}) beside the model in {model_dir}: "
+            "train one with posttrain adaptive",
+            field="sampling.adaptive",
+        )
+    cast(Any, engine).head = head
+    return engine
 
 
 def _is_peft(model: PreTrainedModel) -> bool:

@@ -31,6 +31,7 @@ recomputes ``old_logprobs`` with the trainer before its update
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -140,6 +141,7 @@ class TorchEngine:
         self.fast = fast and supports_static_decode(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.on_batch: Callable[[int], None] | None = None  # told each batch's rows: a progress display's advance
         self.eos_id = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
         self.stop_ids = stop_token_ids(self.eos_id, getattr(model, "generation_config", None))
@@ -166,6 +168,7 @@ class TorchEngine:
         return self._copy
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """Completions of ``prompts``, ``batch_size`` at a time; ``on_batch(rows)`` after each batch when set."""
         gen = None
         if sampling.seed is not None:
             gen = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
@@ -178,6 +181,8 @@ class TorchEngine:
         out: list[Completion] = []
         for start in range(0, len(prompts), self.batch_size):
             out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, gen, head_gen))
+            if self.on_batch is not None:
+                self.on_batch(len(prompts[start : start + self.batch_size]))
         return out
 
     @torch.no_grad()

@@ -29,6 +29,10 @@ answer, and it is trained with GRPO (``posttrain grpo``, unchanged).
   vote over the candidates, best-of-m by a reward model (``reward_model``) when
   given, the mean candidate accuracy, and pass@m (some candidate is right: the
   ceiling of any selection), each with a 95% bootstrap interval over problems.
+- **Hard and easy test problems** (``checked_record``): the aggregator's sampled and
+  greedy accuracy, majority vote and pass@m on the hard and on the easy test problems
+  separately (hard as above, by the test problem's own candidates), the paper's split
+  of where aggregation helps (majority wrong) and where it must not hurt (majority right).
 
 Majority vote is scored as the expected accuracy when ties for the most frequent
 answer are broken uniformly at random (candidates without an answer do not vote).
@@ -180,6 +184,40 @@ class AggregationTask:
         out["hard_problems"] = sum(v < 1.0 for v in per["majority_vote"])
         return out
 
+    def checked_record(
+        self, problems: list[Example], checks: list[list[Any]], greedy: list[Any], seed: int
+    ) -> dict[str, Any]:
+        """The aggregator's accuracy and the baselines on the hard and on the easy test problems apart.
+
+        ``checks[p]`` are problem p's sample checks, ``greedy[p]`` its greedy check
+        (``posttrain.eval.checking.Check``); a problem with an unscored check is left out,
+        as pass@k leaves it out. ``aggregation_record`` moves this into eval.json's ``aggregation``.
+        """
+        from posttrain.eval.passk import bootstrap_ci
+
+        per: dict[str, dict[str, list[float]]] = {"hard": {}, "easy": {}}
+        for ex, row, g in zip(problems, checks, greedy):
+            if ex.id not in self._by_id or not row or any(c.status != "ok" for c in [*row, g]):
+                continue
+            base, cands = self._by_id[ex.id]
+            vote = vote_score([self.base.extract(c) for c in cands], base.answer)
+            values = {
+                "aggregator_pass_at_1": sum(c.score > 0 for c in row) / len(row),
+                "aggregator_greedy": float(g.score > 0),
+                "majority_vote": vote,
+                "pass_at_m": float(any(self.base.verify(base, c) > 0 for c in cands)),
+            }
+            for key, v in values.items():
+                per["hard" if vote < 1.0 else "easy"].setdefault(key, []).append(v)
+        out: dict[str, Any] = {}
+        for split, columns in per.items():
+            entry: dict[str, Any] = {"num_problems": len(columns.get("majority_vote", []))}
+            for key, column in columns.items():
+                entry[key] = sum(column) / len(column)
+                entry[f"{key}_ci"] = list(bootstrap_ci(column, seed=seed))
+            out[split] = entry
+        return {"aggregation_by_difficulty": out}
+
 
 class ModelCandidates:
     """Candidate solutions sampled from a model directory, cached on disk (``posttrain.eval.cache``).
@@ -273,6 +311,8 @@ def aggregation_record(task: Task, result: dict[str, Any], num_problems: int, se
     out["aggregator_pass_at_1_ci"] = result.get("pass_at_k_ci", {}).get("1")
     out["aggregator_greedy"] = result.get("greedy_accuracy")
     out["aggregator_greedy_ci"] = result.get("greedy_accuracy_ci")
+    if "aggregation_by_difficulty" in result:  # checked_record's split, kept in one place
+        out["by_difficulty"] = result.pop("aggregation_by_difficulty")
     return {"aggregation": out}
 
 
@@ -304,4 +344,17 @@ def format_aggregation_table(results: dict[str, dict[str, Any]]) -> str | None:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {name} | " + " | ".join(cell(a, k) for k in keys) + " |" for name, a in rows]
+    split_rows = [(name, split, a["by_difficulty"][split]) for name, a in rows if a.get("by_difficulty")
+                  for split in ("hard", "easy")]  # fmt: skip
+    if split_rows:
+        lines += [
+            "",
+            "Hard test problems (majority vote of the candidates not reliably right) and easy ones apart:",
+            "",
+            "| model | problems | aggregator (sampled) | aggregator (greedy) | majority vote | pass@m |",
+            "|---|---|---|---|---|---|",
+        ]
+        split_keys = ("aggregator_pass_at_1", "aggregator_greedy", "majority_vote", "pass_at_m")
+        lines += [f"| {name} | {split}: {e['num_problems']} | " + " | ".join(cell(e, k) for k in split_keys) + " |"
+                  for name, split, e in split_rows]  # fmt: skip
     return "\n".join(lines)

@@ -19,17 +19,20 @@ Progress: on a terminal, rich's live bar with the rate, the elapsed time, the ET
 recipe's numbers (loss or reward, and the learning rate); anywhere else (CI logs, Slurm's
 output file) a plain line every ``logging.plain_every_s`` seconds and one at the end:
 ``sft 40/100 (40%), 1.25 it/s, elapsed 0:00:32, ETA 0:00:48, loss 0.8123, lr 1.00e-03``.
+The long phases outside a training loop (model loading, DPO's reference precompute,
+evaluation sampling and checking) use the same display through ``phase``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -293,3 +296,37 @@ def progress() -> Progress | PlainProgress:
         console=console,
         transient=False,
     )
+
+
+Advance = Callable[..., None]  # ``advance(n=1, info=None)``: n more units of a phase done
+
+
+@contextlib.contextmanager
+def phase(description: str, total: float | None = None, announce: bool = False) -> Iterator[Advance]:
+    """A long phase outside a training loop (model loading, DPO's reference, evaluation), shown by ``progress()``.
+
+    With ``total``, ``progress()`` shows it (rate, ETA; a plain line every
+    ``logging.plain_every_s`` and one at the end off a terminal) and the yielded
+    ``advance(n, info=...)`` moves it; without, ``advance`` does nothing. ``announce``
+    adds a line when it starts and one when it ends, with the time it took: for a
+    phase that is one opaque call (``from_pretrained``), the only sign it is running.
+    """
+    t0 = time.monotonic()
+    if announce:
+        console.print(f"{description}: started", markup=False, highlight=False, soft_wrap=True)
+    if total is None:
+        yield lambda n=1, info=None: None
+    else:
+        with progress() as bar:
+            task = bar.add_task(description, total=total, info="")
+
+            def advance(n: float = 1, info: str | None = None) -> None:
+                if info is None:
+                    bar.update(task, advance=n)
+                else:
+                    bar.update(task, advance=n, info=info)
+
+            yield advance
+    if announce:
+        took = time.monotonic() - t0
+        console.print(f"{description}: done in {took:.1f} s", markup=False, highlight=False, soft_wrap=True)

@@ -8,7 +8,8 @@ preference pair once, before training, and caches them on disk under a key of (t
 reference's weights, the tokenised pairs, the dtype), so a second run on the same
 data and model, or a resumed one, never recomputes them. Under torchrun each rank
 computes its share of the pairs; the shares are gathered so that every rank holds
-the whole table, and rank 0 writes the cache.
+the whole table, and rank 0 writes the cache. The precompute is shown by
+``posttrain.train.metrics.phase``, advancing after every batch (a rank shows its share).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from posttrain.device import precision
 from posttrain.models.io import load_model
 from posttrain.models.lora import BaseView, is_lora
 from posttrain.train import distributed
+from posttrain.train.metrics import Advance, phase
 
 
 def reference_model(cfg: Config, policy: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
@@ -56,10 +58,12 @@ def sequence_logps(
     batch_size: int,
     mixed_precision: str = "no",
     logits_chunk: int = 0,
+    advance: Advance | None = None,
 ) -> torch.Tensor:
     """Summed response log-probability (S,) of each (prompt ids, response ids) under ``model``, on the CPU.
 
     ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``).
+    ``advance(rows)`` is called after each batch (``posttrain.train.metrics.phase``).
     """
     was_training = model.training
     model.eval()
@@ -68,6 +72,8 @@ def sequence_logps(
         with precision(model.device, mixed_precision):
             logprobs, _ = token_logprobs(model, batch, chunk=logits_chunk)
         out.append(sequence_logprobs(logprobs, batch.response_mask)[0].cpu())
+        if advance is not None:
+            advance(len(out[-1]))
     model.train(was_training)
     return torch.cat(out)
 
@@ -98,10 +104,13 @@ def cached_reference_logps(cfg: Config, data: list[EncodedPair], pad_id: int) ->
         return torch.load(file)
     ref = load_model(path, cfg.model.dtype, cfg.model.device)
     mbs, mp = 2 * cfg.train.micro_batch_size, cfg.train.mixed_precision
-    if distributed.active():
-        logps = _gathered_logps(ref, data, pad_id, mbs, mp, cfg.train.logits_chunk)
-    else:
-        logps = sequence_logps(ref, flatten_pairs(data), pad_id, mbs, mp, cfg.train.logits_chunk).view(-1, 2)
+    mine = len(distributed.shard(range(len(data)))) if distributed.active() else len(data)
+    with phase("dpo reference (sequences)", total=2 * mine) as advance:  # this rank's share: two sequences a pair
+        if distributed.active():
+            logps = _gathered_logps(ref, data, pad_id, mbs, mp, cfg.train.logits_chunk, advance)
+        else:
+            seqs = flatten_pairs(data)
+            logps = sequence_logps(ref, seqs, pad_id, mbs, mp, cfg.train.logits_chunk, advance).view(-1, 2)
     del ref
     if cfg.dpo.cache_reference and distributed.is_main():
         cache.mkdir(parents=True, exist_ok=True)
@@ -112,12 +121,18 @@ def cached_reference_logps(cfg: Config, data: list[EncodedPair], pad_id: int) ->
 
 
 def _gathered_logps(
-    ref: PreTrainedModel, data: list[EncodedPair], pad_id: int, batch_size: int, mixed_precision: str, chunk: int = 0
+    ref: PreTrainedModel,
+    data: list[EncodedPair],
+    pad_id: int,
+    batch_size: int,
+    mixed_precision: str,
+    chunk: int = 0,
+    advance: Advance | None = None,
 ) -> torch.Tensor:
     """(N, 2) reference log-probabilities, each rank computing its share of the pairs."""
     rows = distributed.shard(range(len(data)))
     mine = (  # a rank may hold no pairs when there are fewer than ranks
-        sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision, chunk)
+        sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision, chunk, advance)
         if rows
         else torch.empty(0)
     )

@@ -47,3 +47,22 @@ def test_rng_state_restored(tmp_path: Path, tiny_dir: Path) -> None:
     torch.manual_seed(99)
     load_trainer_state(path, opt, sch)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_train_keep_checkpoints_sets_how_many_step_directories_stay(tmp_path: Path) -> None:
+    from posttrain.cli import main
+    from tests.conftest import FAST
+
+    args = ["sft", *FAST, "train.max_steps=4", "train.save_every=1", "train.batch_size=4", "train.micro_batch_size=4"]
+    assert main([*args, f"output_dir={tmp_path / 'three'}", "train.keep_checkpoints=3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "three" / "checkpoints").glob("step_*")) == [
+        "step_000002",
+        "step_000003",
+        "step_000004",
+    ]
+    assert main([*args, f"output_dir={tmp_path / 'default'}"]) == 0
+    assert sorted(p.name for p in (tmp_path / "default" / "checkpoints").glob("step_*")) == [
+        "step_000003",
+        "step_000004",
+    ]
+    assert main([*args, f"output_dir={tmp_path / 'none'}", "train.keep_checkpoints=0"]) == 2
