@@ -151,7 +151,13 @@ def run_pair_steps(
             bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}, lr {stats['lr']:.2e}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save_checkpoint(
-                    cfg.out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler, keep=cfg.train.keep_checkpoints
+                    cfg.out / "checkpoints",
+                    step + 1,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    keep=cfg.train.keep_checkpoints,
                 )
     return stats
 

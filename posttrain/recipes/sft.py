@@ -203,7 +203,13 @@ def train_sft(cfg: Config, resume: bool = False) -> Path:
             bar.update(task_id, advance=1, info=f"loss {stats['loss']:.4f}, lr {stats['lr']:.2e}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save_checkpoint(
-                    out / "checkpoints", step + 1, model, tokenizer, optimizer, scheduler, keep=cfg.train.keep_checkpoints
+                    out / "checkpoints",
+                    step + 1,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    keep=cfg.train.keep_checkpoints,
                 )
     writer.close()
     final = save_final(model, tokenizer, out / "final")
