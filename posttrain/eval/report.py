@@ -32,6 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from posttrain.eval.diversity import format_diversity_table
+
 DASH = "—"
 
 
@@ -508,6 +510,9 @@ def write_report(
     note = check_failures_note(results)
     if note:
         parts.append(note)
+    diversity = format_diversity_table(results)
+    if diversity:
+        parts.append(diversity)  # distinct-n, distinct answers, pairwise similarity (its own heading)
     shown = format_samples(results)
     if shown:
         parts += ["### Sample generations", "The first sample of the first test problems, as checked.", shown]

@@ -84,3 +84,6 @@ def test_eval_records_sample_generations_the_report_shows(tmp_path: Path, tiny_d
     assert len(shown) == 3 and all(set(r) == {"id", "prompt", "completion", "answer", "score", "gold"} for r in shown)
     text = write_report(tmp_path / "r", [], results).read_text()
     assert all(f"- problem `{r['id']}`" in text for r in shown)
+    d = results["a"]["diversity"]  # the eval's diversity record, as a row of the report's table
+    row = f"| a | {d['distinct_n']['1']:.3f} | {d['distinct_n']['2']:.3f} |"
+    assert "### Diversity of the samples" in text and row in text
