@@ -37,10 +37,12 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -316,6 +318,26 @@ def config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# posttrain.recipes.<module>:<function> of each command, imported when it runs (torch and transformers load then).
+# Commands of several stages, called as fn(config file, overrides, resume=...):
+STAGED_RECIPES = {"run": "pipeline:run_pipeline", "compare": "compare:run_compare", "judge": "judge:run_judge",
+                  "predict-rl": "predict_rl:run_predict_rl", "adaptive": "adaptive:run_adaptive"}  # fmt: skip
+# Commands of one config, read with that stage's overlay, called as fn(cfg[, resume=...]) (generate: fn(cfg, prompts));
+# predict and judge-eval read a recipe's eval stage, judge-self-taught its sft stage.
+RECIPES: dict[str, tuple[str, str]] = {
+    "sft": ("sft:train_sft", "sft"), "grpo": ("grpo:train_grpo", "grpo"), "distill": ("distill:train_distill", "distill"),
+    "dpo": ("dpo:train_dpo", "dpo"), "rm": ("rm:train_rm", "rm"), "eval": ("evaluate:run_eval", "eval"),
+    "generate": ("generate:run_generate", "generate"), "predict": ("predict:run_predict", "eval"),
+    "judge-eval": ("judge:run_judge_eval", "eval"), "judge-self-taught": ("judge:run_self_taught", "sft"),
+}  # fmt: skip
+
+
+def recipe(where: str) -> Any:
+    """The function ``posttrain.recipes.<module>:<name>``, imported now."""
+    module, name = where.split(":")
+    return getattr(importlib.import_module(f"posttrain.recipes.{module}"), name)
+
+
 def dispatch(args: argparse.Namespace) -> int:
     from posttrain.config import load_config
     from posttrain.train.distributed import launched_world
@@ -343,75 +365,22 @@ def dispatch(args: argparse.Namespace) -> int:
         *default_output(args.command, config, args.overrides, getattr(args, "resume", False), launched_world()),
     ]
     check_engines(config, args.overrides, SAMPLING_STAGES.get(args.command, ()))
-    if args.command == "run":
-        from posttrain.recipes.pipeline import run_pipeline
-
-        run_pipeline(config, args.overrides, resume=args.resume)
+    if args.command in STAGED_RECIPES:  # these load each of their stages' configs themselves
+        recipe(STAGED_RECIPES[args.command])(config, args.overrides, resume=args.resume)
         return 0
-    if args.command == "compare":
-        from posttrain.recipes.compare import run_compare
-
-        run_compare(config, args.overrides, resume=args.resume)
-        return 0
-    if args.command in ("judge", "judge-eval", "judge-self-taught"):
-        from posttrain.recipes.judge import run_judge, run_judge_eval, run_self_taught
-
-        if args.command == "judge":
-            run_judge(config, args.overrides, resume=args.resume)
-        elif args.command == "judge-eval":
-            run_judge_eval(load_config(config, args.overrides, stage="eval"))
-        else:
-            run_self_taught(load_config(config, args.overrides, stage="sft"))
-        return 0
-    if args.command == "predict-rl":
-        from posttrain.recipes.predict_rl import run_predict_rl
-
-        run_predict_rl(config, args.overrides, resume=args.resume)
-        return 0
-    if args.command == "adaptive":
-        from posttrain.recipes.adaptive import run_adaptive
-
-        run_adaptive(config, args.overrides, resume=args.resume)
-        return 0
-    if args.command == "predict":
-        from posttrain.recipes.predict import run_predict
-
-        # a predict-rl recipe's evaluation settings live in its eval stage
-        run_predict(load_config(config, args.overrides, stage="eval"))
-        return 0
-    cfg = load_config(config, args.overrides, stage=args.command)
+    where, stage = RECIPES[args.command]
+    cfg = load_config(config, args.overrides, stage=stage)
     if args.command in SAMPLING:
         from posttrain.rollout.factory import check_engine
 
         check_engine(cfg, distributed=launched_world() > 1)
-    if args.command == "sft":
-        from posttrain.recipes.sft import train_sft
-
-        train_sft(cfg, resume=args.resume)
-    elif args.command == "grpo":
-        from posttrain.recipes.grpo import train_grpo
-
-        train_grpo(cfg, resume=args.resume)
-    elif args.command == "distill":
-        from posttrain.recipes.distill import train_distill
-
-        train_distill(cfg, resume=args.resume)
-    elif args.command == "eval":
-        from posttrain.recipes.evaluate import run_eval
-
-        run_eval(cfg)
-    elif args.command == "generate":
-        from posttrain.recipes.generate import run_generate
-
-        run_generate(cfg, args.prompt)
-    elif args.command == "dpo":
-        from posttrain.recipes.dpo import train_dpo
-
-        train_dpo(cfg, resume=args.resume)
-    elif args.command == "rm":
-        from posttrain.recipes.rm import train_rm
-
-        train_rm(cfg, resume=args.resume)
+    run = recipe(where)
+    if args.command == "generate":
+        run(cfg, args.prompt)
+    elif hasattr(args, "resume"):
+        run(cfg, resume=args.resume)
+    else:
+        run(cfg)
     return 0
 
 
