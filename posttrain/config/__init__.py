@@ -262,7 +262,7 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
 
     for key, value in _floats(cfg, ""):  # a config built in code skips _coerce's check
         need(math.isfinite(value), key, f"must be a finite number, got {value!r}")
-    t, g, s, e, o = cfg.train, cfg.grpo, cfg.sampling, cfg.eval, cfg.optim
+    t, s, e, o = cfg.train, cfg.sampling, cfg.eval, cfg.optim
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     need(t.batch_size > 0, "train.batch_size", "must be > 0")
     need(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
@@ -273,7 +273,30 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     _validate_optim(o, need)
     need(cfg.logging.plain_every_s > 0, "logging.plain_every_s", "must be > 0 seconds")
     _validate_model(cfg, need)
-    r = cfg.rollout
+    _validate_rl(cfg, need)
+    for key, sc in (("sampling", s), ("eval.sampling", e.sampling)):
+        need(sc.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 is greedy)")
+        need(0 < sc.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+        need(sc.max_new_tokens > 0, f"{key}.max_new_tokens", "must be > 0")
+    need(s.top_k >= 0, "sampling.top_k", "must be >= 0")
+    need(e.sampling.top_k >= 0, "eval.sampling.top_k", "must be >= 0")
+    need(e.samples_per_problem > 0, "eval.samples_per_problem", "must be > 0")
+    need(e.num_problems >= 0, "eval.num_problems", "must be >= 0 (0: every problem of the file)")
+    _validate_data(cfg, need)
+    _validate_eval_and_sft_data(cfg, need)
+    _validate_aggregation(cfg, need)
+    _validate_preferences(cfg, src, need)
+    _validate_scale(cfg, need)
+    validate_reward(cfg.reward, need)
+    _validate_tasks(cfg.data, need)
+    _validate_distill(cfg, need)
+    _validate_datagen(cfg.datagen, need)
+    _validate_adaptive(cfg, need)
+
+
+def _validate_rl(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    """The RL iteration's sizes and cadences (rollout) and GRPO's update."""
+    r, g = cfg.rollout, cfg.grpo
     need(r.prompts_per_step > 0, "rollout.prompts_per_step", "must be > 0")
     need(r.samples_per_prompt >= 2, "rollout.samples_per_prompt", "needs at least 2 samples: a group baseline, a pair")
     need(r.sync_every >= 0, "rollout.sync_every", "must be >= 0 (0 never syncs: offline)")
@@ -296,14 +319,10 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
         "grpo.kl_estimator",
         "a KL in the reward is the k1 estimate per sequence: use grpo.kl_estimator=k1 with grpo.kl_in=reward",
     )
-    for key, sc in (("sampling", s), ("eval.sampling", e.sampling)):
-        need(sc.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 is greedy)")
-        need(0 < sc.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
-        need(sc.max_new_tokens > 0, f"{key}.max_new_tokens", "must be > 0")
-    need(s.top_k >= 0, "sampling.top_k", "must be >= 0")
-    need(e.sampling.top_k >= 0, "eval.sampling.top_k", "must be >= 0")
-    need(e.samples_per_problem > 0, "eval.samples_per_problem", "must be > 0")
-    need(e.num_problems >= 0, "eval.num_problems", "must be >= 0 (0: every problem of the file)")
+
+
+def _validate_data(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    """The built-in task's knobs, and what the jsonl and judge tasks need to read."""
     a = cfg.data.arithmetic
     need(a.num_operands >= 2, "data.arithmetic.num_operands", "must be >= 2")
     need(1 <= a.digits <= 6, "data.arithmetic.digits", "must be in [1, 6]")
@@ -335,15 +354,6 @@ def validate(cfg: Config, src: _Source | None = None) -> None:
     need(j.ste_iterations > 0, "data.judge.ste_iterations", "must be > 0")
     need(j.ste_instructions > 0, "data.judge.ste_instructions", "must be > 0")
     need(j.ste_judgments > 0, "data.judge.ste_judgments", "must be > 0")
-    _validate_eval_and_sft_data(cfg, need)
-    _validate_aggregation(cfg, need)
-    _validate_preferences(cfg, src, need)
-    _validate_scale(cfg, need)
-    validate_reward(cfg.reward, need)
-    _validate_tasks(cfg.data, need)
-    _validate_distill(cfg, need)
-    _validate_datagen(cfg.datagen, need)
-    _validate_adaptive(cfg, need)
 
 
 def _validate_distill(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
