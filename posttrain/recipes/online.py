@@ -134,10 +134,15 @@ class Follower:
         self.module.load_state_dict(model.state_dict(), strict=False)
         return True
 
-    def checkpoint(self, next_it: int) -> dict[str, Any]:
+    def checkpoint(self, next_it: int, in_flight: bool = False) -> dict[str, Any]:
+        """What a resume needs to sample as this run would: the copy, unless the next iteration syncs it.
+
+        ``in_flight``: a batch sampled with these weights is in flight (overlapped rollouts), so
+        the copy is kept although the next iteration syncs it: a resume samples that batch again.
+        """
         synced_at = last_sync(next_it - 1, self.every)
         extra: dict[str, Any] = {f"{self.key}_step": synced_at}
-        if synced_at > 0 and not should_sync(next_it, self.every):
+        if synced_at > 0 and (in_flight or not should_sync(next_it, self.every)):
             extra[self.key] = self.module.state_dict()
         return extra
 
@@ -151,8 +156,11 @@ class EngineWeights:
 
     key = "generator"
 
-    def __init__(self, engine: Any, every: int, keep: bool, initial: Callable[[], dict[str, torch.Tensor]]):
-        self.engine, self.every, self.keep, self._initial = engine, every, keep and every != 1, initial
+    def __init__(
+        self, engine: Any, every: int, keep: bool, initial: Callable[[], dict[str, torch.Tensor]], ahead: bool = False
+    ):
+        # ahead: overlapped rollouts, whose batch in flight at a checkpoint came from the weights last sent
+        self.engine, self.every, self.keep, self._initial = engine, every, keep and (every != 1 or ahead), initial
         self.state: dict[str, torch.Tensor] | None = None
 
     def restore(self, extra: dict[str, Any], resumed: bool, model: PreTrainedModel) -> None:
@@ -175,10 +183,11 @@ class EngineWeights:
             self.state = _snapshot(model)
         return True
 
-    def checkpoint(self, next_it: int) -> dict[str, Any]:
+    def checkpoint(self, next_it: int, in_flight: bool = False) -> dict[str, Any]:
+        """As ``Follower.checkpoint``, from the host copy of what the engine was last sent."""
         synced_at = last_sync(next_it - 1, self.every)
         extra: dict[str, Any] = {f"{self.key}_step": synced_at}
-        if self.state is not None and synced_at > 0 and not should_sync(next_it, self.every):
+        if self.state is not None and synced_at > 0 and (in_flight or not should_sync(next_it, self.every)):
             extra[self.key] = self.state
         return extra
 
@@ -229,6 +238,10 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
             bar_id = bar.add_task(step.stage, total=cfg.train.max_steps, completed=start, info="")
             rollouts = Rollouts(check_overlap(cfg, step))  # rollout.max_staleness >= 1: sample ahead
             stack.callback(rollouts.close)  # before the engine closes: a batch in flight still uses it
+            if ckpt and rollouts.overlapped and 0 < start < cfg.train.max_steps:
+                # resumed: the batch that was in flight at the checkpoint, from the weights it recorded
+                rollouts.submit(start, functools.partial(draw_and_sample, cfg, start, run, task, engine, scorer,
+                                                         step.doom_groups, policy_version=start - 1))  # fmt: skip
             pick = getattr(step, "sampler", None)  # a step may sample an iteration with another engine
             for it in range(start, cfg.train.max_steps):
                 ahead = rollouts.take(it, it)  # the producer's batch, sampled while iteration it - 1 trained
@@ -260,7 +273,10 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
                 last = step(run, it, groups, rollout)
                 bar.update(bar_id, advance=1, info=_progress_info(last))
                 if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
-                    kept = {k: v for f in followers for k, v in f.checkpoint(it + 1).items()}
+                    in_flight = rollouts.overlapped and it + 1 < cfg.train.max_steps  # sampled by the sampler's weights
+                    kept = {
+                        k: v for f in followers for k, v in f.checkpoint(it + 1, in_flight and f.key == "generator").items()
+                    }
                     kept.update(mix.checkpoint() if mix is not None else {})
                     save_checkpoint(
                         out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler, kept,
@@ -348,7 +364,7 @@ def _open_followers(
     engine = build_engine(cfg, sampler.module if sampler else model, tokenizer, cfg.model.path)
     stack.callback(engine.close)
     if not in_process:
-        remote = EngineWeights(engine, r.sync_every, cfg.train.save_every > 0, initial)
+        remote = EngineWeights(engine, r.sync_every, cfg.train.save_every > 0, initial, ahead=r.max_staleness > 0)
         remote.restore(extra, ckpt is not None, model)
         followers.insert(0, remote)
     return sampler, engine, reference, followers

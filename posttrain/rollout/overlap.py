@@ -19,7 +19,9 @@ Exactness: prompts and sampling seeds are pure functions of the iteration index
 (``posttrain.recipes.online.draw_and_sample``), never of the producer's order, and
 the sampler's weights do not change while the producer samples (it samples from its
 own copy; the loop syncs the copy only when the producer is idle). So a run is
-reproducible at every k, and k = 0 is today's loop step for step.
+reproducible at every k, and k = 0 is today's loop step for step. A checkpoint taken
+while a batch is in flight keeps the sampler's weights that batch came from, and a
+resumed run samples it again from them first, so resume equals the uninterrupted run.
 """
 
 from __future__ import annotations

@@ -100,6 +100,8 @@ def test_the_reference_follows_its_own_schedule(tmp_path: Path, tiny_dir: Path) 
     [
         ("rollout.sync_every=3",),
         ("rollout.ref_sync_every=2", "grpo.kl_coef=0.1"),
+        # overlapped rollouts: the batch in flight at the checkpoint is sampled again from the weights it recorded
+        pytest.param(("rollout.max_staleness=1",), id="overlapped"),
         # an engine with its own copy of the weights: the checkpoint records what it sampled with
         pytest.param(("rollout.sync_every=3", "engine.backend=ray", "engine.workers=1"), id="ray-semi-online"),
     ],
