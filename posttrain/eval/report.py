@@ -435,16 +435,25 @@ def sample_generations(
             continue
         check = row_checks[0]
         out.append({
-            "id": str(ex.id), "prompt": ex.prompt if isinstance(ex.prompt, str) else str(ex.prompt),
+            "id": str(ex.id), "prompt": _prompt_text(ex.prompt),
             "completion": row[0].text, "answer": check.answer,
             "score": check.score if check.status == "ok" else None, "gold": getattr(ex, "answer", None),
         })  # fmt: skip
     return out
 
 
+def _prompt_text(prompt: Any) -> str:
+    """A prompt as a reader sees it: the string, or a chat prompt's turns one per line as ``role: content``."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.get('role')}: {m.get('content')}" if isinstance(m, dict) else str(m) for m in prompt)
+
+
 def _clip(text: str, limit: int = 400) -> str:
+    """``text`` cut to ``limit`` characters, every line indented to stay inside the list item's code block."""
     text = text.strip()
-    return text if len(text) <= limit else text[:limit] + " …"
+    text = text if len(text) <= limit else text[:limit] + " …"
+    return text.replace("\n", "\n  ")
 
 
 def format_samples(results: dict[str, dict[str, Any]]) -> str | None:

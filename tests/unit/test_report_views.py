@@ -69,6 +69,22 @@ def test_report_has_every_view(tmp_path: Path) -> None:
     assert "- problem `p0` (gold '3'; answer '4', score 0)" in text
 
 
+def test_sample_generations_show_chat_prompts_as_turns_and_keep_lines_inside_the_block() -> None:
+    from posttrain.eval.checking import Check
+    from posttrain.eval.report import format_samples, sample_generations
+    from posttrain.records import Completion
+    from posttrain.tasks.base import Example
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2?"}]
+    rows = sample_generations([Example(id="q", prompt=chat, answer="3")],
+                              [[Completion([], [], [], "stop", "1+2=3\n#### 3")]],
+                              [[Check(score=1.0, answer="3", status="ok")]])  # fmt: skip
+    assert rows[0]["prompt"] == "system: Be brief.\nuser: 1+2?"  # not the list's repr
+    text = format_samples({"m": {"sample_generations": rows}})
+    assert text is not None
+    assert "  system: Be brief.\n  user: 1+2?\n  --- completion ---\n  1+2=3\n  #### 3\n  ```" in text
+
+
 def test_no_rl_records_no_diagnostics_section(tmp_path: Path) -> None:
     text = write_report(tmp_path, _metrics()[:4], {}).read_text()
     assert "RL diagnostics" not in text and not (tmp_path / "plots" / "rl_diagnostics.png").exists()
