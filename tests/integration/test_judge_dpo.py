@@ -75,12 +75,14 @@ def test_best_worst_pairs_follow_the_judges_verdicts(judge_dir: Path) -> None:
 def test_online_dpo_trains_on_pairs_from_a_sampling_judge(tmp_path: Path, tiny_dir: Path, judge_dir: Path) -> None:
     out = tmp_path / "d"
     cfg = load_config(None, [*FAST, *ARITH, f"model.path={tiny_dir}", f"output_dir={out}", "dpo.mode=online",
-                             "dpo.pairs=best_worst", "train.max_steps=4", "rollout.prompts_per_step=2",
+                             "dpo.pairs=best_worst", "train.max_steps=8", "rollout.prompts_per_step=2",
                              "rollout.samples_per_prompt=4", "sampling.max_new_tokens=8", "optim.lr=1e-2",
                              f"reward.components=[{JUDGE % (judge_dir, 1.0)}]"])  # fmt: skip
     train_online_dpo(cfg)
     records = read_metrics(out / "metrics.jsonl")
-    assert len(records) == 4
+    # 8 steps: which samples the tiny judge decides varies with the CPU's last bits, and one step
+    # with a decided pair is not enough to see the policy move off the reference
+    assert len(records) == 8
     for r in records:  # 2 prompts x C(4,2) pairs x 2 orders per step; each prompt pairs once or is skipped
         assert r["judge/judge_calls"] == 24 and r["pairs"] + r["skipped_unscored"] + r["skipped_tie"] == 2
     trained = [r for r in records if r["pairs"] > 0]  # a prompt with no decided pair is skipped, no update
