@@ -212,7 +212,9 @@ def parser() -> argparse.ArgumentParser:
         if name in ("run", "sft", "grpo", "dpo", "rm", "compare", "distill", "judge"):
             s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
         if name == "adaptive":
-            s.add_argument("--resume", action="store_true", help="skip the SFT stage (stages.sft) when it finished")
+            s.add_argument(
+                "--resume", action="store_true", help="continue the head from its last checkpoint; skip a finished SFT"
+            )
         if name == "generate":
             s.add_argument("--prompt", action="append", help="a prompt (repeatable); default: test problems")
         if name == "predict-rl":

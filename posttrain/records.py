@@ -72,6 +72,9 @@ class ScoreReport:
     # "<component>/<count>": counts a component keeps of its own (a judge's parse failures, tokens), summed
     # over ranks into the metrics
     counts: dict[str, float] = field(default_factory=dict)
+    # per sample: its prompt's weight on the policy-gradient advantage, from a group-level reward.combine
+    # (hero's variance-aware weight); None: no weights, every prompt counts once
+    weights: list[float] | None = None
 
     def fail(self, i: int, kind: Literal["error", "timeout"], message: str) -> None:
         self.scores[i] = None
@@ -127,6 +130,14 @@ class ScoredGroups:
     def scored(self) -> torch.Tensor:
         """(N, G) bool: samples with a score."""
         return ~self.scores.isnan()
+
+    @property
+    def prompt_weights(self) -> torch.Tensor | None:
+        """(N, G) float32: each sample's prompt weight from the reward (``ScoreReport.weights``); None without."""
+        import torch
+
+        weights = self.report.weights if self.report is not None else None
+        return None if weights is None else torch.tensor(weights, dtype=torch.float32).view(self.scores.shape)
 
     @property
     def truncated(self) -> torch.Tensor:

@@ -479,3 +479,14 @@ def _checkpointed_logprobs(
     pieces = zip(h.split(chunk), targets.split(chunk)) if len(h) else [(h, targets)]  # empty: still a graph
     parts = [checkpoint(one, h_c, t_c, use_reentrant=False) for h_c, t_c in pieces]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def teacher_logits(teacher: torch.nn.Module, batch: TokenBatch, temperature: float) -> torch.Tensor:
+    """(B, T-1, V) the teacher's next-token logits over ``batch``, divided by ``temperature``; no gradient."""
+    with torch.no_grad():
+        if batch.position_ids is not None:
+            out = teacher(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+        else:
+            out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        logits = out.logits[:, :-1].float()
+    return logits / temperature if temperature not in (0.0, 1.0) else logits

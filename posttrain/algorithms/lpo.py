@@ -1,28 +1,36 @@
 """Latent Preference Optimization (LPO): DPO on a temperature head's choices.
 
 From "Adaptive Decoding via Latent Preference Optimization" (Dhuliawala et al. 2024,
-arXiv 2411.09661, Section 3 and Figure 2). For a prompt x the model samples N
-responses, each with the temperatures its head picked (``Completion.temperature_choices``);
-a reward ranks them, the best is the chosen (y_c, tau_c) and the worst the rejected
-(y_r, tau_r). The temperatures are discrete latent variables, and the loss is DPO's
-(Rafailov et al. 2023, arXiv 2305.18290) on their log-probabilities instead of the
-tokens':
+arXiv 2411.09661, Section 3.3, checked against the paper's text). For a prompt x the
+model samples N responses, each with the temperatures its head picked
+(``Completion.temperature_choices``); a reward ranks them, and "the highest and lowest
+scoring responses become our chosen and rejected response pair" (y_c, y_r), with the
+temperatures tau_c, tau_r used to sample them. The paper gives three ways to adapt DPO
+(Rafailov et al. 2023, arXiv 2305.18290) and trains with the second by default
+(Section 4.1). That is the one implemented here, "Temperatures as tokens (separate)",
+Eq. (10):
 
-    L = -log sigmoid(beta * [log P(tau_c | x, y_c) - log P(tau_r | x, y_r)])
+    L_LPO = -log sigma[ beta log P(tau_c) - beta log P(tau_r) ]
 
-with, for a per-example head (AdaptiveDecoder_seq), log P(tau | x, y) = log AD(tau | h_x)
-from the prompt's last hidden state h_x, and for a per-token head (AdaptiveDecoder_tok)
-the sum over the response's tokens, sum_t log AD(tau_t | h_t), h_t the hidden state
-that gave token t's logits. The language model is frozen: the hidden states carry no
-gradient and only the head trains.
+"Again we omit the reference probabilities for the temperature tokens" (footnote 3:
+as if the reference head were uniform). P(tau) is the head's probability of the choices
+a response was sampled with: for AdaptiveDecoder_seq (Eq. 8) the one pick from the
+prompt's last hidden state h_T, log P(tau) = log AD(tau | h_T); for AdaptiveDecoder_tok
+(Eq. 7) the product over the response's steps, log P(tau) = sum_t log AD(tau_t | h_t),
+h_t the hidden state that gave token t's logits. The language model is frozen
+(Section 4.1): the hidden states carry no gradient and only the head trains.
 
-We apply the loss as the paper's Figure 2 states it, to prefer the chosen temperatures
-over the rejected ones for the context, with no reference term. A fresh head is
-uniform (``posttrain.models.temperature_head``), so every choice starts at log(1/K):
-per example the margin is 0 and the loss ln 2; per token it is ln 2 when chosen and
-rejected have equal length, and otherwise the margin starts at beta (n_c - n_r) log(1/K).
-``ref_chosen``/``ref_rejected`` give DPO's log-ratio form against a frozen head, where
-the loss is ln 2 at the start whatever the lengths.
+Not implemented: Eq. (9), the same margin plus DPO's word-token log-ratio, which trains
+the LM and the head together; and Eq. (11), "temperatures as latents", DPO on the token
+probabilities with the temperature marginalised out, sum_tau P(y_t | tau) P(tau).
+
+Without the reference term a fresh head (uniform, ``posttrain.models.temperature_head``)
+gives every choice log(1/K): per example the margin is 0 and the loss ln 2; per token it
+is ln 2 when chosen and rejected have as many choices, and otherwise the margin starts
+at (n_c - n_r) log(1/K), so footnote 3's "uniform reference" equivalence holds only for
+equal counts. ``ref_chosen``/``ref_rejected`` (not in the paper) give DPO's log-ratio
+form against a frozen head, where the loss is ln 2 at the start whatever the lengths;
+the recipe does not use them.
 
 As for DPO (``posttrain.algorithms.dpo``) the loss is a weighted sum over pairs; the
 training loop divides by the step's total pair weight.

@@ -1,8 +1,8 @@
 """From one iteration's scored groups to the tensors of a policy-gradient update.
 
 ``rl_rewards`` turns scores into rewards (the overlong penalty, optionally the KL in the
-reward), ``advantages`` come from ``posttrain.algorithms.advantages.ADVANTAGES``,
-``rl_batch`` keeps the groups that carry signal and lays the kept samples out as one
+reward), ``advantages`` come from ``posttrain.algorithms.advantages.ADVANTAGES`` (then
+``prompt_weighted``: scaled by a prompt weight the reward gave, HERO's), ``rl_batch`` keeps the groups that carry signal and lays the kept samples out as one
 ``TokenBatch`` whose per-token fields are the sampler's logprobs (``old_logprobs``),
 the advantages and the aggregation weights, and ``minibatch_rows`` splits it into
 sets of whole groups. Pure functions over ``posttrain.records.ScoredGroups``.
@@ -23,6 +23,17 @@ def rl_rewards(groups: ScoredGroups, overlong: str, overlong_reward: float) -> t
     if overlong == "penalty":
         rewards[groups.truncated & groups.scored] = overlong_reward
     return rewards
+
+
+def prompt_weighted(advantages: torch.Tensor, groups: ScoredGroups) -> torch.Tensor:
+    """(N, G) ``advantages`` times each prompt's weight from the reward; ``advantages`` itself when it gave none.
+
+    ``reward.combine=hero``'s variance-aware weight (``posttrain.rewards.hero``) acts here, after the
+    estimator, so a group's std normalisation cannot divide it out: under ``grpo.advantage=grpo``
+    group i's advantages are w_i (r - mean_i) / (std_i + eps).
+    """
+    weights = groups.prompt_weights
+    return advantages if weights is None else advantages * weights
 
 
 def full_batch(groups: ScoredGroups, pad_id: int, rows: list[int] | None = None) -> TokenBatch:

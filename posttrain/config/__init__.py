@@ -369,6 +369,7 @@ def _validate_distill(cfg: Config, need: Callable[[bool, str, str], None]) -> No
     need(0 < g.prefix_ratio < 1, "grpo.prefix_ratio", "must be in (0, 1)")
     need(0 <= d.beta <= 1, "distill.beta", "must be in [0, 1] (0: forward KL, 1: reverse KL)")
     need(0 <= d.on_policy_frac <= 1, "distill.on_policy_frac", "GKD's lambda must be in [0, 1]")
+    need(0 < cfg.teacher.gpu_memory_utilization <= 1, "teacher.gpu_memory_utilization", "must be in (0, 1]")
 
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -506,6 +507,11 @@ def _validate_preferences(cfg: Config, src: _Source, need: Callable[[bool, str, 
         "dpo.divpo_threshold",
         "with dpo.divpo_split=quantile it is the share of each pool on each side: must be in (0, 0.5]",
     )
+    need(
+        d.divpo_embedding_model is None or d.divpo_criterion == "embedding",
+        "dpo.divpo_embedding_model",
+        f"embeds responses for dpo.divpo_criterion=embedding only (got {d.divpo_criterion})",
+    )
     need(c.seeds > 0, "compare.seeds", "must be > 0")
     need(c.sampled_responses > 0, "compare.sampled_responses", "must be > 0")
     need(c.eval_points > 0, "compare.eval_points", "must be > 0")
@@ -535,6 +541,7 @@ def _validate_datagen(d: DatagenConfig, need: Callable[[bool, str, str], None]) 
     need(s.answers > 0, "datagen.synth.answers", "must be > 0")
     need(s.shard_size > 0, "datagen.synth.shard_size", "must be > 0")
     need(s.max_shards >= 0, "datagen.synth.max_shards", "must be >= 0 (0: no limit)")
+    need(s.rip_max_gap is None or s.rip_max_gap >= 0, "datagen.synth.rip_max_gap", "must be >= 0 (or null: off)")
     need(s.gen_sampling.temperature >= 0, "datagen.synth.gen_sampling.temperature", "must be >= 0 (0 is greedy)")
     need(s.gen_sampling.max_new_tokens > 0, "datagen.synth.gen_sampling.max_new_tokens", "must be > 0")
     need(

@@ -322,6 +322,11 @@ class TeacherConfig:
     path: str | None = None  # a causal LM directory (e.g. a run's final/); needed by distill and grpo.kd_coef > 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"  # auto: the student's device
+    # who scores (posttrain.train.teacher): local: a forward pass in the trainer's process; ray: one Ray actor
+    # (engine.address, engine.generate_timeout_s); vllm: vLLM's prompt logprobs on this GPU, the sampled
+    # tokens' logprobs only (distill.loss=sampled, grpo.kd_coef)
+    backend: Literal["local", "ray", "vllm"] = "local"
+    gpu_memory_utilization: float = 0.2  # vllm: share of the GPU's memory the teacher's vLLM may take
 
 
 @dataclass(frozen=True)
@@ -342,8 +347,11 @@ class DPOConfig:
     mode: Literal["offline", "online"] = "offline"  # offline: pairs from data.path; online: the policy samples them
     pairs: Literal["random", "best_worst", "group", "divpo"] = "random"  # online: posttrain.algorithms.pairs
     # divpo: how a response's diversity is measured: minus its mean logprob under the policy, the rarity of
-    # its words in the pool, or its mean distance to the others (bags of 1-2-grams); posttrain/eval/diversity.py
-    divpo_criterion: Literal["logprob", "word_frequency", "embedding"] = "logprob"
+    # its words in the pool, its mean cosine distance to the others as bags of 1-2-grams (ngram) or as
+    # mean-pooled last hidden states (embedding); posttrain/eval/diversity.py, eval/embedding_diversity.py
+    divpo_criterion: Literal["logprob", "word_frequency", "ngram", "embedding"] = "logprob"
+    # divpo_criterion=embedding: the model that embeds (a directory); None: the policy being trained
+    divpo_embedding_model: str | None = None
     # divpo: the quality split: reward above / at-or-below divpo_threshold (absolute), or the top and bottom
     # divpo_threshold share of each pool by reward (quantile, in (0, 0.5])
     divpo_split: Literal["absolute", "quantile"] = "absolute"
@@ -462,6 +470,11 @@ class SynthConfig:
     answers: int = 4  # K: target-model answers (answer_consistency) or responses scored (rip) per task
     reward_model: str | None = None  # rip: a reward model directory written by `posttrain rm`
     rip_threshold: float = 0.0  # rip: keep a task when its lowest-scored response scores at least this
+    # rip: also drop a task whose best and worst scores differ by more than this (RIP's reward gap); None: off
+    rip_max_gap: float | None = None
+    # the model that answers each new task (answer_consistency) or writes the scored responses (rip):
+    # a model directory; None: the generator (model.path)
+    target_model: str | None = None
     shard_size: int = 16  # generation prompts per output shard (shard-00000.jsonl, ...): the unit of resume
     max_shards: int = 0  # stop after writing this many shards (a later run resumes); 0: no limit
     # how the generator samples its reasoning and new task (the target's answers use `sampling`)

@@ -15,7 +15,7 @@ schema for nested Python values (tuples of hashes, message lists) that need none
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from posttrain.config import DatagenConfig
@@ -39,6 +39,25 @@ def map_batches(make: Callable[[], BatchFn], items: list[Any], cfg: DatagenConfi
     return _ray_map(make, items, cfg)
 
 
+def map_stream(
+    make: Callable[[], BatchFn], items: list[Any], cfg: DatagenConfig, batch_size: int = 1
+) -> Iterator[tuple[int, Any]]:
+    """``(index, fn([item])[0])`` for every item as each finishes: in order here, in any order on Ray.
+
+    For work whose results are written as they come (synth's shards: a killed run keeps every
+    shard already back); ``batch_size`` items go to an actor at a time.
+    """
+    if not items:
+        return
+    if cfg.backend == "local":
+        fn = make()
+        for i, item in enumerate(items):
+            yield i, fn([item])[0]
+        return
+    for row in _ray_dataset(make, items, cfg, batch_size).iter_rows():
+        yield int(row["index"]), pickle.loads(row["result"])
+
+
 class _Actor:
     """A Ray Data actor: builds the map once, then maps pickled batches."""
 
@@ -52,6 +71,14 @@ class _Actor:
 
 
 def _ray_map(make: Callable[[], BatchFn], items: list[Any], cfg: DatagenConfig) -> list[Any]:
+    out: list[Any] = [None] * len(items)
+    for row in _ray_dataset(make, items, cfg, cfg.batch_size).iter_rows():
+        out[int(row["index"])] = pickle.loads(row["result"])
+    return out
+
+
+def _ray_dataset(make: Callable[[], BatchFn], items: list[Any], cfg: DatagenConfig, batch_size: int) -> Any:
+    """The Ray Data pipeline: pickled items, mapped in batches by ``cfg.workers`` actors built by ``make``."""
     try:
         import ray
         import ray.data
@@ -64,15 +91,11 @@ def _ray_map(make: Callable[[], BatchFn], items: list[Any], cfg: DatagenConfig) 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"index": i, "item": pickle.dumps(x)} for i, x in enumerate(items)])
-    mapped = ds.map_batches(
+    return ds.map_batches(
         _Actor,
         fn_constructor_args=(make,),
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         batch_format="numpy",
         concurrency=cfg.workers,
         num_cpus=0.5,  # two actors fit on a small machine beside the driver
     )
-    out: list[Any] = [None] * len(items)
-    for row in mapped.iter_rows():
-        out[int(row["index"])] = pickle.loads(row["result"])
-    return out

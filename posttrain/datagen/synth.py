@@ -7,15 +7,19 @@ paper's tags, ``[New Question Begin]...[New Question End]`` and, for verifiable 
 (``[New Prompt Begin]...[New Prompt End]`` for instructions). An output without them
 is counted (``unparseable``, ``missing_answer``) and dropped. Then one filter:
 
-- answer consistency (verifiable; section 2.2): the target model answers the new task
-  ``K`` times (``datagen.synth.answers``, temperature ``sampling.temperature``); the
+- answer consistency (verifiable; section 2.2): the target model (``datagen.synth.target_model``,
+  by default the generator itself) answers the new task ``K`` times (``datagen.synth.answers``, temperature ``sampling.temperature``); the
   answers are extracted by the task's verifier and the most common one (a tie has no
   majority) is checked against the generated answer by the task's own ``verify``; the
   task is kept when they agree;
-- RIP (instructions; Yu et al. 2025, "Rejecting Instruction Preferences"): ``K``
-  responses are scored by a reward model (``datagen.synth.reward_model``); the task is
-  kept when the lowest score is at least ``rip_threshold``. The best response is kept as
-  the row's completion. (RIP's second rule, a large best-worst gap, is not applied.)
+- RIP (instructions; Yu et al. 2025, "R.I.P.: Better Models by Survival of the Fittest
+  Prompts", arXiv 2501.18578, section 3): the target model writes ``K`` responses, a reward
+  model (``datagen.synth.reward_model``) scores them, and the task is kept when the
+  lowest (the "rejected") score is at least ``rip_threshold`` and, with
+  ``rip_max_gap`` set, the reward gap between the best and the worst response is at most
+  ``rip_max_gap``: a low-quality prompt shows itself in a low worst response or in a
+  high variance of its responses. The best response is kept as the row's completion.
+  (The paper's third rule, a lower bound on the rejected response's length, is not applied.)
 
 Output rows are ``{id, prompt, answer, completion}``: the completion a target sample with
 the majority answer (answer consistency) or the best-scored response (RIP); without a
@@ -29,8 +33,10 @@ finished shard is written atomically to ``output_dir/shards/shard-0000j.jsonl`` 
 dropped rows beside it; a rerun skips the shards on disk, and when every shard is there
 they are merged into ``kept.jsonl``, ``removed.jsonl`` and ``summary.json``.
 ``datagen.synth.max_shards`` stops a run after that many new shards (a later run goes on).
-With ``datagen.backend: ray`` the generation and the target's answers run on the Ray
-rollout engine's actors (``engine.backend: ray``, ``engine.workers``).
+With ``datagen.backend: ray`` whole shards run on Ray Data actors (``datagen.workers``), each
+holding its own generator, target and reward model and sampling a shard exactly as this
+process would (its own seed, the in-process engine), so the rows are the in-process rows
+whatever the number of workers; each shard is written as it comes back.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,9 +139,17 @@ def answer_consistent(task: Task, generated: str, samples: list[str]) -> tuple[b
     return ok, top, extracted.count(top)
 
 
-def rip_keep(scores: list[float], threshold: float) -> bool:
-    """RIP's rule: the lowest-scored of the ``K`` responses scores at least ``threshold``."""
-    return bool(scores) and min(scores) >= threshold
+def rip_keep(scores: list[float], threshold: float, max_gap: float | None = None) -> bool:
+    """RIP's rules: the lowest-scored of the ``K`` responses scores at least ``threshold`` and,
+    when ``max_gap`` is given, the best and worst scores differ by at most ``max_gap``."""
+    if not scores or min(scores) < threshold:
+        return False
+    return max_gap is None or max(scores) - min(scores) <= max_gap
+
+
+def rip_reason(scores: list[float], threshold: float) -> str:
+    """Why RIP dropped a task: its worst response scored low, else the gap was too large."""
+    return "rip_low_score" if not scores or min(scores) < threshold else "rip_large_gap"
 
 
 # --- seeds, prompts, shards ------------------------------------------------------
@@ -190,12 +204,21 @@ def shard_ranges(n: int, size: int) -> list[range]:
 
 @dataclass
 class Tools:
-    """What a shard needs: the engine, its tokenizer, the task whose verifier judges, an optional scorer."""
+    """What a shard needs: the generator's engine and encoder, the task whose verifier judges, an optional
+    scorer, and the target model's engine and encoder (``None``: the generator answers its own tasks)."""
 
     engine: RolloutEngine
     encode: Callable[[str], list[int]]  # a prompt's text -> token ids (chat template and style applied)
     task: Task
     score: Callable[[list[str], list[str]], list[float]] | None = None  # (prompts, responses) -> rewards
+    target: RolloutEngine | None = None  # answers the new tasks / writes RIP's responses; None: engine
+    target_encode: Callable[[str], list[int]] | None = None  # the target's tokenizer; None: encode
+
+    def answerer(self) -> tuple[RolloutEngine, Callable[[str], list[int]]]:
+        """The target model's engine and encoder: the generator's unless a target was given."""
+        if self.target is None:
+            return self.engine, self.encode
+        return self.target, self.target_encode or self.encode
 
 
 def _sampling(s: Any, seed: int) -> SamplingParams:
@@ -231,8 +254,9 @@ def run_shard(cfg: Config, tools: Tools, seeds: list[Seed], indices: range, j: i
         return kept, dropped
     questions = [p.question or "" for _, p in parsed]
     k = s.answers
-    ids = [tools.encode(q.rstrip() + "\n") for q in questions for _ in range(k)]
-    answers = tools.engine.generate(ids, _sampling(cfg.sampling, derive_seed(cfg.seed, 73, j)))
+    engine, encode = tools.answerer()
+    ids = [encode(q.rstrip() + "\n") for q in questions for _ in range(k)]
+    answers = engine.generate(ids, _sampling(cfg.sampling, derive_seed(cfg.seed, 73, j)))
     for n, (i, p) in enumerate(parsed):
         samples = [a.text for a in answers[n * k : (n + 1) * k]]
         if how == "answer_consistency":
@@ -247,11 +271,11 @@ def run_shard(cfg: Config, tools: Tools, seeds: list[Seed], indices: range, j: i
         if tools.score is None:
             raise ConfigError("the rip filter needs datagen.synth.reward_model", field="datagen.synth.reward_model")
         scores = tools.score([p.question or ""] * k, samples)
-        if rip_keep(scores, s.rip_threshold):
+        if rip_keep(scores, s.rip_threshold, s.rip_max_gap):
             kept.append(_row(i, p, samples[max(range(k), key=lambda x: scores[x])]))
         else:
-            dropped.append({"id": f"synth-{i:06d}", "reason": "rip_low_score", "min_score": min(scores),
-                            "prompt": p.question})  # fmt: skip
+            dropped.append({"id": f"synth-{i:06d}", "reason": rip_reason(scores, s.rip_threshold),
+                            "min_score": min(scores), "max_score": max(scores), "prompt": p.question})  # fmt: skip
     return kept, dropped
 
 
@@ -269,8 +293,18 @@ def _row(i: int, p: Parsed, completion: str | None) -> dict[str, Any]:
 # --- the run ---------------------------------------------------------------------
 
 
-def synthesize(cfg: Config, tools: Tools, seeds: list[Seed]) -> dict[str, Any]:
-    """Write every shard not yet on disk (at most ``max_shards`` this run), then merge when all are there."""
+ShardResults = Callable[[list[int]], Iterable[tuple[int, tuple[list[Any], list[Any]]]]]
+
+
+def synthesize(
+    cfg: Config, tools: Tools | None, seeds: list[Seed], shard_results: ShardResults | None = None
+) -> dict[str, Any]:
+    """Write every shard not yet on disk (at most ``max_shards`` this run), then merge when all are there.
+
+    The shards are run here with ``tools``, or by ``shard_results`` (``datagen.backend: ray``: Ray
+    Data actors), which maps the shard numbers to ``(position in the list, (kept, dropped))`` in
+    any order; each shard is written as it comes back.
+    """
     from posttrain.train.metrics import progress
 
     if not seeds:
@@ -284,8 +318,13 @@ def synthesize(cfg: Config, tools: Tools, seeds: list[Seed]) -> dict[str, Any]:
     n_kept = n_dropped = 0
     with progress() as bar:  # the shared display: shards done, rate and ETA (posttrain.train.metrics)
         job = bar.add_task("data synth shards", total=len(ranges), completed=len(ranges) - len(todo), info="")
-        for j in todo:
-            kept, dropped = run_shard(cfg, tools, seeds, ranges[j], j)
+        if shard_results is not None:
+            done: Iterable[tuple[int, tuple[list[Any], list[Any]]]] = shard_results(todo)
+        else:
+            assert tools is not None, "synthesize needs tools or shard_results"
+            done = ((n, run_shard(cfg, tools, seeds, ranges[j], j)) for n, j in enumerate(todo))
+        for n, (kept, dropped) in done:
+            j = todo[n]
             write_jsonl(_dropped_path(out, j), dropped)
             write_jsonl(shard_path(out, j), kept)  # last: its presence marks the shard done
             n_kept, n_dropped = n_kept + len(kept), n_dropped + len(dropped)

@@ -150,12 +150,13 @@ def _cosine(a: dict[tuple[str, ...], int], b: dict[tuple[str, ...], int]) -> flo
     return dot / norm
 
 
-def embedding_distance(texts: Sequence[str]) -> list[float]:
-    """Embedding distance: each response's mean cosine distance to the others of the pool.
+def ngram_distance(texts: Sequence[str]) -> list[float]:
+    """N-gram distance (``dpo.divpo_criterion=ngram``): each response's mean cosine distance to the others.
 
-    The embedding is a bag of token unigrams and bigrams (counts), not a neural
-    embedding: it needs no model and no forward pass, and two responses that share
-    no token are at distance 1. A pool of one response gives 0.
+    Each response is a bag of its token unigrams and bigrams (counts), not a neural
+    embedding (that is ``embedding``, ``posttrain.eval.embedding_diversity``): it needs
+    no model and no forward pass, and two responses that share no token are at
+    distance 1. A pool of one response gives 0.
     """
     vectors = [_ngram_counts(t) for t in texts]
     out = []

@@ -6,7 +6,9 @@ any stage names) and the evaluation results (one entry per checkpoint) into
 and GRPO's surrogate loss are different quantities on different scales),
 ``plots/reward.png`` (each step's mean reward, a moving average and its band),
 ``plots/rl_diagnostics.png`` (entropy, clip fraction, KL, completion length,
-truncation rate: the numbers that tell a collapsing or stalled RL run) and
+truncation rate: the numbers that tell a collapsing or stalled RL run),
+``plots/curriculum.png`` when the run had ``data.curriculum: ucb`` (each task's mix
+weight, mean reward and learnability per step: what DUMP's bandit chose and why) and
 ``plots/pass_at_k.png`` (pass@k with maj@k and greedy accuracy marked). The
 report states how every number was estimated, so a reader can tell pass@1 at
 temperature T from greedy accuracy, says of each difference between checkpoints
@@ -210,6 +212,64 @@ def plot_diagnostics(metrics: list[dict[str, Any]], path: Path) -> bool:
             ax.legend(fontsize=8)
     ax.set_xlabel("step")
     fig.suptitle("RL diagnostics per step")
+    _save(fig, path)
+    return True
+
+
+# per task of data.tasks (posttrain.data.curriculum.TaskMix.observe): task/<name>/<key>
+CURRICULUM = (
+    ("weight", "mix weight"),  # the weight the step's prompts were drawn by
+    ("reward", "mean reward"),
+    ("learnability", "mean |advantage|"),  # DUMP's learnability, the UCB's first term
+)
+
+
+CURRICULUM_ALT = "per-task mix weight, reward and learnability per step"
+
+
+def curriculum_tasks(metrics: list[dict[str, Any]]) -> list[str]:
+    """The tasks of a ``data.curriculum: ucb`` run, in order of first appearance; [] for any other run.
+
+    Only the UCB curriculum logs ``task/<name>/ucb``; a fixed mix's weights are flat lines.
+    """
+    names: list[str] = []
+    for record in metrics:
+        for key in record:
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "task" and parts[2] == "ucb" and parts[1] not in names:
+                names.append(parts[1])
+    return names
+
+
+def curriculum_series(metrics: list[dict[str, Any]]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Per ``CURRICULUM`` label some record logs, per task, the (steps, values) of a UCB run; {} otherwise."""
+    out = {}
+    tasks = curriculum_tasks(metrics)
+    for key, label in CURRICULUM:
+        lines = {t: xy for t in tasks for xy in _series(metrics, f"task/{t}/{key}").values()}
+        if lines:
+            out[label] = lines
+    return out
+
+
+def plot_curriculum(metrics: list[dict[str, Any]], path: Path) -> bool:
+    """DUMP's curriculum: one axis per quantity (``CURRICULUM``), one line per task, against step.
+
+    Returns whether a plot was written: only for a run with ``data.curriculum: ucb``.
+    """
+    present = list(curriculum_series(metrics).items())
+    if not present:
+        return _skip(path)
+    fig = Figure(figsize=(7, 2.2 * len(present) + 0.6))
+    for ax, (label, lines) in zip(_stage_axes(fig, len(present)), present):
+        for t, (xs, ys) in lines.items():
+            ax.plot(xs, ys, label=t, marker="." if len(xs) < 50 else None)
+        ax.set_ylabel(label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    fig.suptitle("curriculum over data.tasks (UCB) per step")
     _save(fig, path)
     return True
 
@@ -513,6 +573,7 @@ def write_report(
     has_reward = plot_reward(metrics, plots / "reward.png")
     has_pass = plot_pass_at_k(results, plots / "pass_at_k.png")
     has_diagnostics = plot_diagnostics(metrics, plots / "rl_diagnostics.png")
+    has_curriculum = plot_curriculum(metrics, plots / "curriculum.png")
     parts = [f"# {title}", "## Evaluation", format_summary_table(results)]
     if results:
         parts += [_estimation_note(results), "### Change in pass@1", "\n".join(_pass1_changes(results))]
@@ -534,6 +595,7 @@ def write_report(
         "### Reward",
         _figure(has_reward, "reward.png", "mean reward per step", "no record has a reward"),
         *(["### RL diagnostics", "![RL diagnostics per step](plots/rl_diagnostics.png)"] if has_diagnostics else []),
+        *(["### Curriculum", f"![{CURRICULUM_ALT}](plots/curriculum.png)"] if has_curriculum else []),
         "### pass@k",
         _figure(has_pass, "pass_at_k.png", "pass@k against k", "no checkpoint has pass@k results"),
     ]

@@ -12,7 +12,8 @@ Here x' comes from one of two places:
 - the built-in arithmetic task: x' is x with one operand changed (``perturb_expression``),
   and the responses are the worked solutions of x and x' (``arithmetic_contrast``);
 - a generator model (``data.judge.ste_generator``) asked ``PERTURB`` for x', then asked x
-  and x' for the responses (``posttrain.recipes.judge``).
+  and x' for the responses (``posttrain.recipes.judge``); the instructions x are the
+  ``{prompt}`` rows of ``data.path`` (``read_instructions``: unlabelled, so no answer field).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from typing import Any
 
-from posttrain.judges.parse import Side, parse_pairwise
+from posttrain.judges.parse import Side, parse_pairwise, question_text
 from posttrain.tasks.judging import JudgePair, worked_solution
+from posttrain.tasks.rows import RowError, message_list, parse_rows, read_rows, string_field, type_name
 
 PERTURB = (
     "Write one new instruction that is similar to the instruction below but asks for something different, "
@@ -31,6 +34,24 @@ PERTURB = (
 )
 
 _OPERAND = re.compile(r"\d+")
+
+
+def _instruction(row: Any) -> str:
+    if not isinstance(row, dict):
+        raise RowError(None, f"expected a JSON object with a 'prompt' (an instruction), got {type_name(row)}")
+    if "prompt" not in row:
+        raise RowError("prompt", "missing field 'prompt' (an instruction to write a contrasting pair from)")
+    prompt = row["prompt"]
+    return question_text(message_list(prompt, "prompt") if isinstance(prompt, list) else string_field(row, "prompt"))
+
+
+def read_instructions(path: str) -> list[str]:
+    """The instruction of every row of ``path`` (its ``prompt``: text, or chat turns as ``question_text`` reads them).
+
+    Other fields are ignored: the Self-Taught Evaluator needs no label. A row without a ``prompt``
+    is a ``DataError`` naming the file and line.
+    """
+    return [q for _, q in parse_rows(read_rows(path)["train"], _instruction)]
 
 
 def perturb_expression(expression: str, rng: random.Random) -> str:

@@ -25,8 +25,15 @@ The head is saved beside the model (``final/temperature_head.safetensors`` and
 ``.json``); a ``model.path`` that holds one continues from it. Given no
 ``model.path`` and a ``stages.sft`` overlay, the built-in tiny model is first
 fine-tuned on the task (``output_dir/sft``), as the packaged ``adaptive-decoding``
-experiment does. Deliberate departures: no checkpoints or resume of the head's
-optimiser (a head trains in minutes), and a pair is best against worst only.
+experiment does.
+
+Checkpoints (``train.save_every``): ``output_dir/checkpoints/step_N/`` holds the head
+(weights and settings) and ``trainer_state.pt`` (optimiser, scheduler, RNG, step),
+written and published atomically as the model's checkpoints are
+(``posttrain.train.checkpoint.save_files_checkpoint``); the frozen LM is not copied.
+``--resume`` continues from the newest loadable one: an iteration's prompts, samples
+and pair draws are pure functions of the seed and the iteration, so the resumed run's
+head equals the uninterrupted run's (tested). A pair is best against worst only.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import random
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -48,20 +55,29 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from posttrain.algorithms.lpo import LPOBatch, choice_batch, lpo_batch_loss
 from posttrain.config import Config, load_config
 from posttrain.data.tokenize import encode_prompt, fit_prompts
-from posttrain.errors import DataError
+from posttrain.errors import CheckpointError, DataError
 from posttrain.models.io import context_length, is_model_dir, load_model, load_tokenizer
-from posttrain.models.temperature_head import TemperatureHead, load_head, model_hidden_size, new_head, save_head
+from posttrain.models.temperature_head import (
+    HEAD_WEIGHTS,
+    TemperatureHead,
+    load_head,
+    model_hidden_size,
+    new_head,
+    save_head,
+)
 from posttrain.recipes.common import model_dir, setup
 from posttrain.recipes.online_dpo import scored_pairs
 from posttrain.records import Completion, SamplingParams, ScoredGroups
 from posttrain.rewards.registry import build_reward
+from posttrain.rollout.base import RolloutEngine
+from posttrain.rollout.factory import build_engine, check_head_engine
 from posttrain.rollout.groups import sample_groups
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Example, Task
 from posttrain.tasks.mixed_decoding import KINDS, group_rewards, kind_of
 from posttrain.tasks.registry import make_task
-from posttrain.train.checkpoint import save_final
+from posttrain.train.checkpoint import latest_checkpoint, load_trainer_state, save_files_checkpoint, save_final
 from posttrain.train.loop import build_optimizer, optimizer_step
 from posttrain.train.metrics import MetricsWriter, console, progress
 
@@ -71,9 +87,11 @@ RESULTS = "adaptive.json"
 def run_adaptive(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> Path:
     """SFT first when there is no ``model.path`` and the config has ``stages.sft``; then ``train_adaptive``.
 
-    ``resume``: an SFT stage that finished (``output_dir/sft/final``) is not run again.
+    ``resume``: an SFT stage that finished (``output_dir/sft/final``) is not run again, and
+    the head's training continues from its last checkpoint.
     """
     cfg = load_config(path, overrides, stage="adaptive")
+    check_head_engine(cfg)  # before the SFT stage and any model load
     if cfg.model.path is None and "sft" in cfg.stages:
         from posttrain.recipes.sft import train_sft
 
@@ -86,50 +104,88 @@ def run_adaptive(path: str | Path | None, overrides: list[str] | tuple[str, ...]
                 dataclasses.replace(sft, output_dir=str(sft_dir), model=dataclasses.replace(sft.model, path=base))
             )
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft_dir / "final")))
-    return train_adaptive(cfg)
+    return train_adaptive(cfg, resume=resume)
 
 
-def train_adaptive(cfg: Config) -> Path:
-    """Train the head, save it beside the model in ``output_dir/final``, compare; return ``final``."""
+def train_adaptive(cfg: Config, resume: bool = False) -> Path:
+    """Train the head, save it beside the model in ``output_dir/final``, compare; return ``final``.
+
+    ``resume``: continue from the newest loadable ``output_dir/checkpoints/step_*``.
+    """
+    check_head_engine(cfg)
     out = setup(cfg)
     cfg = model_dir(cfg)
     assert cfg.model.path is not None  # model_dir resolved it
     tokenizer = load_tokenizer(cfg.model.path)
     model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device).eval()
     model.requires_grad_(False)  # LPO trains the head only
-    head = _open_head(cfg, model)
+    root = out / "checkpoints"
+    ckpt = latest_checkpoint(root) if resume else None
+    head = _open_head(cfg, model, ckpt)
     task = make_task(cfg.data, tokenizer)
-    engine = TorchEngine(model, tokenizer, batch_size=cfg.engine.batch_size, head=head)
     optimizer, scheduler = build_optimizer(head, cfg.optim, cfg.train.max_steps)
+    start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)  # type: ignore[arg-type]
-    writer = MetricsWriter(out / "metrics.jsonl")
+    writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
     with contextlib.ExitStack() as stack:
+        engine = head_engine(cfg, model, tokenizer, head)
+        stack.callback(engine.close)
         scorer = build_reward(cfg.reward, task, dtype=cfg.model.dtype, device=cfg.model.device)
         stack.callback(scorer.close)
         with progress() as bar:
-            bar_id = bar.add_task("lpo", total=cfg.train.max_steps, info="")
-            for it in range(cfg.train.max_steps):
+            bar_id = bar.add_task("lpo", total=cfg.train.max_steps, completed=start, info="")
+            for it in range(start, cfg.train.max_steps):
                 examples, prompts = _draw(cfg, task, tokenizer, model, it)
                 sampling = _sampling(cfg, "sample", derive_seed(cfg.seed, it, 3))
                 groups = sample_groups(engine, scorer, examples, prompts, group_size=cfg.rollout.samples_per_prompt,
                                        sampling=sampling, policy_version=0, doom_groups=False)  # fmt: skip
                 record = lpo_step(cfg, it, head, model, pad, optimizer, scheduler, groups)
+                if not engine.capabilities.in_process:  # Ray workers sample with a copy of the head
+                    cast(Any, engine).sync_head(head)
                 writer.write(record)
+                every = cfg.train.save_every
+                if every and (it + 1) % every == 0:
+                    save_files_checkpoint(root, it + 1, lambda d: save_head(head, d), optimizer, scheduler,
+                                          keep=cfg.train.keep_checkpoints)  # fmt: skip
                 bar.update(bar_id, advance=1, info=f"reward {record['reward']:.3f}, pairs {record['pairs']}")
         writer.close()
         final = save_final(model, tokenizer, out / "final")
         save_head(head, final)
         if cfg.adaptive.eval_prompts:
-            results = compare(cfg, engine, task, scorer)
+            results = compare(cfg, engine, head, tokenizer, task, scorer)
             (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
             console.print(format_results(results))
     console.print(f"adaptive: {cfg.train.max_steps} LPO iterations -> {final} (the model and its temperature head)")
     return final
 
 
-def _open_head(cfg: Config, model: PreTrainedModel) -> TemperatureHead:
-    """The head saved beside ``model.path``, or a fresh uniform one from the ``adaptive`` section."""
+def head_engine(
+    cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, head: TemperatureHead
+) -> RolloutEngine:
+    """The engine ``engine.backend`` asks for, sampling at ``head``'s picks: the in-process sampler over the
+    frozen model itself, or Ray workers, each with a copy of the model and of the head (synced after every
+    LPO step)."""
+    if cfg.engine.backend == "torch":
+        return TorchEngine(model, tokenizer, batch_size=cfg.engine.batch_size, head=head)
+    assert cfg.model.path is not None
+    engine = build_engine(cfg, model, tokenizer, cfg.model.path)
+    try:
+        cast(Any, engine).sync_head(head)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def _open_head(cfg: Config, model: PreTrainedModel, ckpt: Path | None = None) -> TemperatureHead:
+    """The checkpoint's head when resuming, else the one saved beside ``model.path``, else a fresh
+    uniform one from the ``adaptive`` section."""
     a = cfg.adaptive
+    if ckpt is not None:
+        resumed = load_head(ckpt, model.device)
+        if resumed is None:
+            raise CheckpointError(f"no temperature head ({HEAD_WEIGHTS}) in this checkpoint", file=str(ckpt))
+        return resumed.train()
     assert cfg.model.path is not None
     head = load_head(cfg.model.path, model.device)
     if head is not None:
@@ -231,14 +287,15 @@ def eval_sets(cfg: Config, task: Task) -> dict[str, list[Example]]:
     return {kind: [ex for ex in pool if kind_of(ex) == kind][:n] for kind in KINDS}
 
 
-def compare(cfg: Config, engine: TorchEngine, task: Task, scorer: Any) -> dict[str, Any]:
-    """Mean reward per prompt kind: the head against every fixed temperature of its set, same prompts and seed."""
-    assert engine.head is not None
+def compare(
+    cfg: Config, engine: RolloutEngine, head: TemperatureHead, tokenizer: PreTrainedTokenizerBase, task: Task,
+    scorer: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Mean reward per prompt kind: the head (the one ``engine`` samples with) against every fixed temperature
+    of its set, same prompts and seed."""
     sets = eval_sets(cfg, task)
-    tokenizer = engine.tokenizer
     settings: dict[str, SamplingParams] = {
-        f"T={t:g}": _sampling(cfg, "off", derive_seed(cfg.seed, 9), temperature=t)
-        for t in engine.head.settings.temperatures
+        f"T={t:g}": _sampling(cfg, "off", derive_seed(cfg.seed, 9), temperature=t) for t in head.settings.temperatures
     }
     settings["adaptive"] = _sampling(cfg, cfg.adaptive.eval_choice, derive_seed(cfg.seed, 9))
     results: dict[str, dict[str, float]] = {name: {} for name in settings}
@@ -254,12 +311,12 @@ def compare(cfg: Config, engine: TorchEngine, task: Task, scorer: Any) -> dict[s
             if name == "adaptive":
                 counts = Counter(k for c in groups.completions for k in (c.temperature_choices or []))
                 total = sum(counts.values())
-                picks[kind] = {f"{t:g}": counts[k] / total for k, t in enumerate(engine.head.settings.temperatures)}
+                picks[kind] = {f"{t:g}": counts[k] / total for k, t in enumerate(head.settings.temperatures)}
     for r in results.values():
         r["mean"] = sum(r[k] for k in sets) / len(sets)  # every kind weighs the same
     best_fixed = max((n for n in results if n != "adaptive"), key=lambda n: results[n]["mean"])
     return {"kinds": {k: len(v) for k, v in sets.items()}, "samples_per_prompt": G,
-            "eval_choice": cfg.adaptive.eval_choice, "level": engine.head.level, "results": results,
+            "eval_choice": cfg.adaptive.eval_choice, "level": head.level, "results": results,
             "adaptive_picks": picks, "best_fixed": best_fixed}  # fmt: skip
 
 

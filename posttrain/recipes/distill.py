@@ -54,7 +54,14 @@ from posttrain.tasks.base import Example
 from posttrain.tasks.registry import make_task
 from posttrain.train import distributed
 from posttrain.train.loop import optimizer_step
-from posttrain.train.teacher import add_teacher_logprobs, check_teacher_early, load_teacher, teacher_logits
+from posttrain.train.teacher import (
+    LocalTeacher,
+    Teacher,
+    add_teacher_logprobs,
+    check_teacher,
+    check_teacher_early,
+    open_teacher,
+)
 
 
 def not_yet_remote_teacher(cfg: Config, what: str) -> None:
@@ -76,20 +83,27 @@ class DistillStep:
     def __init__(self, cfg: Config) -> None:
         if cfg.teacher.path is None:
             raise ConfigError("posttrain distill needs a teacher: set teacher.path", field="teacher.path")
-        if cfg.distill.on_policy_frac < 1:
+        check_teacher(cfg, full_distribution=cfg.distill.loss != "sampled")
+        if cfg.distill.on_policy_frac < 1 and cfg.teacher.backend == "local":  # a remote teacher samples itself
             not_yet_remote_teacher(cfg, "teacher-sampled sequences (distill.on_policy_frac < 1)")
         check_teacher_early(cfg)
-        self.teacher: torch.nn.Module | None = None
-        self.teacher_engine: TorchEngine | None = None
+        self.teacher: Teacher | None = None
+        self.teacher_engine: Any = None
         self.sampled_by = "student"
 
     def optimizer_steps(self, cfg: Config) -> int:
         return 1
 
-    def _teacher(self, run: Run) -> torch.nn.Module:
+    def _teacher(self, run: Run) -> Teacher:
         if self.teacher is None:
-            self.teacher = load_teacher(run.cfg, run.tokenizer, run.model.device)
+            self.teacher = open_teacher(run.cfg, run.tokenizer, run.model.device)
         return self.teacher
+
+    def close(self) -> None:
+        """Release a remote teacher's actor or GPU memory (the loop calls it when the run ends)."""
+        if self.teacher is not None:
+            self.teacher.close()
+            self.teacher = None
 
     def teacher_samples(self, cfg: Config, it: int) -> bool:
         """Does the teacher sample iteration ``it``? A seeded draw per iteration (GKD draws per batch)."""
@@ -102,9 +116,11 @@ class DistillStep:
         self.sampled_by = "teacher" if self.teacher_samples(run.cfg, it) else "student"
         if self.sampled_by == "student":
             return engine
-        if self.teacher_engine is None:
-            assert isinstance(teacher, torch.nn.Module)
-            self.teacher_engine = TorchEngine(teacher, run.tokenizer, batch_size=run.cfg.engine.batch_size)  # type: ignore[arg-type]
+        if self.teacher_engine is None and isinstance(teacher, LocalTeacher):
+            size = run.cfg.engine.batch_size
+            self.teacher_engine = TorchEngine(teacher.module, run.tokenizer, batch_size=size)  # type: ignore[arg-type]
+        elif self.teacher_engine is None:  # a Ray or vLLM teacher is an engine itself
+            self.teacher_engine = teacher
         return self.teacher_engine
 
     def __call__(self, run: Run, it: int, groups: ScoredGroups, rollout: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +143,8 @@ class DistillStep:
         cfg, d, model = run.cfg, run.cfg.distill, run.model
         temperature = cfg.sampling.temperature or 1.0
         teacher = self._teacher(run)
+        # a remote teacher with the sampled loss sends one logprob per token, not the vocabulary
+        whole = d.loss != "sampled" or isinstance(teacher, LocalTeacher)
 
         def loss(mb: TokenBatch) -> LossOutput:
             mb = mb.to(model.device)
@@ -135,28 +153,33 @@ class DistillStep:
                     out = run.net(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False)
                 else:
                     out = run.net(input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False)
-                t_logits = teacher_logits(teacher, mb, temperature)
+                t_logits = teacher.logits(mb, temperature) if whole else None
             logits = out.logits[:, :-1].float()
             if temperature != 1.0:
                 logits = logits / temperature
             targets = mb.input_ids[:, 1:]
             logprobs = gather_logprobs(logits, targets)
-            t_logprobs = gather_logprobs(t_logits, targets)
+            if t_logits is not None:
+                t_logprobs = gather_logprobs(t_logits, targets)
+            else:
+                t_logprobs = teacher.logprobs(mb, temperature).to(logprobs.device)
             if d.loss == "sampled":
                 per_token, _ = sampled_reverse_kl(logprobs, t_logprobs)
             elif d.loss == "jsd":
+                assert t_logits is not None
                 per_token = generalized_jsd(logits, t_logits, d.beta)
             else:
+                assert t_logits is not None
                 per_token = reverse_kl(logits, t_logits)
             result = distill_loss(per_token, mb.response_mask)
             if d.loss == "sampled":  # the surrogate's value is no divergence: log the log-ratio instead
                 result.metrics["distill"] = (masked_sum(logprobs - t_logprobs, mb.response_mask),
                                              float(mb.response_mask.sum()))  # fmt: skip
             n = float(mb.response_mask.sum())
-            if d.loss != "reverse_kl":  # the reverse KL over the vocabulary, whatever the loss: one scale for all
+            if d.loss != "reverse_kl" and t_logits is not None:  # the reverse KL over the vocabulary: one scale
                 with torch.no_grad():
                     result.metrics["reverse_kl"] = (masked_sum(reverse_kl(logits, t_logits), mb.response_mask), n)
-            else:
+            elif t_logits is not None:
                 result.metrics["reverse_kl"] = result.metrics["distill"]
             result.metrics["teacher_logprob"] = (masked_sum(t_logprobs, mb.response_mask), n)
             result.metrics["student_logprob"] = (masked_sum(logprobs, mb.response_mask), n)
@@ -245,10 +268,11 @@ class RLMixing:
         if cfg.grpo.kd_coef > 0 and cfg.teacher.path is None:
             raise ConfigError("grpo.kd_coef > 0 needs a teacher: set teacher.path", field="teacher.path")
         if cfg.grpo.kd_coef > 0:
+            check_teacher(cfg, full_distribution=False)
             check_teacher_early(cfg)
         if cfg.grpo.prefix_samples > 0:
             not_yet_remote_teacher(cfg, "Prefix-RFT (grpo.prefix_samples > 0)")
-        self.teacher: torch.nn.Module | None = None
+        self.teacher: Teacher | None = None
         self.task: Any = None
         self.kd_coef = self.sft_coef = 0.0
         self.prefix_engine: PrefixEngine | None = None
@@ -322,11 +346,17 @@ class RLMixing:
         batch.extra["off_policy"] = off * batch.response_mask
         if g.kd_coef > 0:
             if self.teacher is None:
-                self.teacher = load_teacher(self.cfg, run.tokenizer, run.model.device)
+                self.teacher = open_teacher(self.cfg, run.tokenizer, run.model.device)
             add_teacher_logprobs(self.teacher, batch, self.cfg, run.model.device)
             r = rewards.flatten()[rows]
             use = r < g.kd_mask_threshold if g.kd_mask == "incorrect" else torch.ones(len(rows), dtype=torch.bool)
             batch.extra["kd_mask"] = use.float()[:, None].expand(-1, width) * (1.0 - batch.extra["off_policy"])
+
+    def close(self) -> None:
+        """Release a remote teacher (``GRPOStep.close``)."""
+        if self.teacher is not None:
+            self.teacher.close()
+            self.teacher = None
 
     def on_policy(self, mb: TokenBatch) -> TokenBatch:
         """``mb`` with its off-policy tokens out of the clipped surrogate (they get LUFFY's shaped term)."""

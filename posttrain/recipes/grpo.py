@@ -6,7 +6,8 @@ Each iteration's scored groups (``rollout.samples_per_prompt`` samples of each o
 1. rewards = the scores, truncated samples masked, penalised or kept (``grpo.overlong``);
    with ``grpo.kl_in=reward`` minus ``grpo.kl_coef`` times each sample's k1 KL to the
    reference;
-2. advantages from ``grpo.advantage`` (``posttrain.algorithms.advantages``);
+2. advantages from ``grpo.advantage`` (``posttrain.algorithms.advantages``), times the
+   prompt weight a ``reward.combine=hero`` reward gives (``rl_batch.prompt_weighted``);
    groups with equal rewards are dropped (``grpo.drop_uniform_groups``), and so are
    groups with a missing reward;
 3. ``grpo.updates_per_batch`` passes of ``grpo.minibatches`` optimiser steps each over
@@ -34,7 +35,14 @@ import torch
 from posttrain.algorithms.advantages import ADVANTAGES
 from posttrain.algorithms.grpo import LOSS_WEIGHTS, kl_reward_penalty, rl_loss
 from posttrain.algorithms.logprobs import token_logprobs
-from posttrain.algorithms.rl_batch import full_batch, kept_groups, minibatch_rows, rl_batch, rl_rewards
+from posttrain.algorithms.rl_batch import (
+    full_batch,
+    kept_groups,
+    minibatch_rows,
+    prompt_weighted,
+    rl_batch,
+    rl_rewards,
+)
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config
 from posttrain.data.batch import TokenBatch, packed_micro_batches, sequence_ids
@@ -63,6 +71,11 @@ class GRPOStep:
     def optimizer_steps(self, cfg: Config) -> int:
         return cfg.grpo.updates_per_batch * cfg.grpo.minibatches
 
+    def close(self) -> None:
+        """Release what the mixing terms hold (a remote teacher)."""
+        if self.mix is not None:
+            self.mix.close()
+
     def __call__(self, run: Run, it: int, groups: ScoredGroups, rollout: dict[str, Any]) -> dict[str, Any]:
         cfg, g = run.cfg, run.cfg.grpo
         pad = int(run.tokenizer.pad_token_id)  # type: ignore[arg-type]
@@ -81,7 +94,7 @@ class GRPOStep:
             rewards = rewards - g.kl_coef * penalty
             extra["kl_penalty"] = float(penalty[groups.scored].mean()) if bool(groups.scored.any()) else 0.0
         keep = kept_groups(rewards, groups.scored, g.drop_uniform_groups)
-        advantages = ADVANTAGES[g.advantage](rewards, all_sum=distributed.all_sum)
+        advantages = prompt_weighted(ADVANTAGES[g.advantage](rewards, all_sum=distributed.all_sum), groups)
         kept = rl_batch(groups, batch, advantages, keep, overlong=g.overlong, loss_agg=g.loss_agg,
                         max_len=cfg.sampling.max_new_tokens, pad_id=pad)  # fmt: skip
         if kept is not None and self.mix is not None:

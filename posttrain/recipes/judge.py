@@ -244,34 +244,41 @@ def _stage(cfg: Config, out: Path, name: str, model_path: str) -> Config:
 
 def self_taught_pairs(cfg: Config, it: int, judge_dir: str) -> list[Any]:
     """Iteration ``it``'s contrasting pairs (``posttrain.judges.self_taught``): built in, or by a generator model."""
-    from posttrain.judges.parse import question_text
-    from posttrain.judges.self_taught import PERTURB, arithmetic_contrast
+    from posttrain.judges.self_taught import PERTURB, arithmetic_contrast, read_instructions
     from posttrain.rewards.judge import JudgeModel
     from posttrain.seeds import derive_seed
     from posttrain.tasks.arithmetic import ArithmeticTask
     from posttrain.tasks.judging import JudgePair
-    from posttrain.tasks.registry import make_task
 
     j, seed = cfg.data.judge, derive_seed(cfg.seed, it, 12)
     rng = random.Random(seed)
     if cfg.data.path is None:
         problems = ArithmeticTask(cfg.data.arithmetic).examples("train", j.ste_instructions, seed)
         return [arithmetic_contrast(ex.id, str(ex.prompt), rng) for ex in problems]
+    instructions = read_instructions(cfg.data.path)  # before a model loads: a bad row stops the run at once
+    questions = rng.sample(instructions, min(j.ste_instructions, len(instructions)))
     generator = j.ste_generator or judge_dir
     s = cfg.sampling
     model = JudgeModel(generator, dtype=cfg.model.dtype, device=cfg.model.device, batch_size=cfg.engine.batch_size,
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=seed,
                        field="data.judge.ste_generator")  # fmt: skip
-    task = make_task(dataclasses.replace(cfg.data, task="jsonl", eval_path=None))
-    questions = [question_text(task.prompt(ex)) for ex in task.examples("train", j.ste_instructions, seed)]
-    rewritten = model.generate([PERTURB.replace("{question}", q) for q in questions])
-    others = [r[0].strip() if r is not None else "" for r in rewritten]
-    replies = model.generate(questions + others)
+    try:
+        rewritten = model.generate([PERTURB.replace("{question}", q) for q in questions])
+        others = [r[0].strip() if r is not None else "" for r in rewritten]
+        replies = model.generate(questions + others)
+    finally:
+        model.close()
     pairs = []
     for k, (q, other) in enumerate(zip(questions, others)):
         good, bad = replies[k], replies[len(questions) + k]
         if other and other != q and good is not None and bad is not None and good[0].strip() != bad[0].strip():
             pairs.append(JudgePair(f"ste:{it}:{k}", q, good[0], bad[0]))
+    if not pairs:
+        raise DataError(
+            f"self-taught iteration {it + 1}: no contrasting pair from {len(questions)} instructions: every x' came "
+            "back empty, equal to x or too long, or its response equal to x's (try another data.judge.ste_generator)",
+            file=cfg.data.path, field="data.judge.ste_generator",
+        )  # fmt: skip
     return pairs
 
 
@@ -296,7 +303,10 @@ def self_taught_iteration(cfg: Config, it: int, judge_dir: str, out: Path) -> tu
     judge = JudgeModel(judge_dir, dtype=cfg.model.dtype, device=cfg.model.device, batch_size=cfg.engine.batch_size,
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=seed)  # fmt: skip
     K = j.ste_judgments
-    replies = judge.generate([str(ex.prompt) for ex in examples for _ in range(K)])
+    try:
+        replies = judge.generate([str(ex.prompt) for ex in examples for _ in range(K)])
+    finally:
+        judge.close()
     rng, rows = random.Random(seed), []
     for i, ex in enumerate(examples):
         texts = [r[0] for r in replies[i * K : (i + 1) * K] if r is not None]

@@ -230,6 +230,7 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
     mix = TaskMix(cfg, task, extra) if isinstance(task, MultiTask) else None  # data.tasks: mix, per-task metrics
     last: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:  # the engine and the scorer are closed also when the run fails
+        stack.callback(getattr(step, "close", lambda: None))  # what a step holds itself (a remote teacher): last
         scorer = _open_scorer(cfg, task, stack)  # first: a reward that cannot load fails before any engine starts
         sampler, engine, reference, followers = _open_followers(cfg, step, model, tokenizer, stack, extra, ckpt)
         writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None, key=step.writer_key)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from posttrain.config import Config
 from posttrain.data.pairs import PairBatch, collate_pairs
 from posttrain.device import precision
 from posttrain.errors import ConfigError
-from posttrain.eval.diversity import embedding_distance, logprob_rarity, word_frequency_rarity
+from posttrain.eval.diversity import logprob_rarity, ngram_distance, word_frequency_rarity
 from posttrain.recipes.online import Run, train_online
 from posttrain.recipes.pairwise import dpo_loss_fn
 from posttrain.records import ScoredGroups
@@ -70,21 +71,30 @@ def scored_pairs(
     return pairs, {**pairset.skipped, "unscored": len(kept) - len(usable)}
 
 
-def divpo_diversity(criterion: str, groups: ScoredGroups) -> list[float]:
+Embed = Callable[[list[list[str]]], list[list[float]]]  # pools' texts -> each response's embedding diversity
+
+
+def divpo_diversity(criterion: str, groups: ScoredGroups, embed: Embed | None = None) -> list[float]:
     """Each sample's diversity within its prompt's pool, for the ``divpo`` pair rule (larger: rarer).
 
     ``logprob`` reads the sampler's per-token logprobs: the policy's own at the
     sampler's version (the trainer's when on-policy), under the sampling temperature.
+    ``embedding`` calls ``embed`` on every pool's texts at once
+    (``posttrain.eval.embedding_diversity``).
     """
-    G, out = groups.group_size, []
-    for i in range(0, len(groups.completions), G):
-        pool = groups.completions[i : i + G]
+    G = groups.group_size
+    pools = [groups.completions[i : i + G] for i in range(0, len(groups.completions), G)]
+    if criterion == "embedding":
+        assert embed is not None, "the embedding criterion needs a model to embed with"
+        return [d for row in embed([[c.text for c in pool] for pool in pools]) for d in row]
+    out: list[float] = []
+    for pool in pools:
         if criterion == "logprob":
             out += logprob_rarity([c.logprobs for c in pool])
         elif criterion == "word_frequency":
             out += word_frequency_rarity([c.text for c in pool])
         else:
-            out += embedding_distance([c.text for c in pool])
+            out += ngram_distance([c.text for c in pool])
     return out
 
 
@@ -105,6 +115,23 @@ class DPOStep:
 
     def __init__(self, cfg: Config) -> None:
         self.needs_reference = cfg.dpo.loss not in REFERENCE_FREE
+        self._embedder: tuple[Any, Any] | None = None  # dpo.divpo_embedding_model, loaded at first use
+
+    def embed(self, run: Run) -> Embed:
+        """DivPO's ``embedding`` criterion: the policy at its current weights, or ``dpo.divpo_embedding_model``."""
+        from posttrain.eval.embedding_diversity import embedding_diversity
+
+        cfg = run.cfg
+        model, tokenizer = run.model, run.tokenizer
+        if cfg.dpo.divpo_embedding_model is not None:
+            if self._embedder is None:
+                from posttrain.models.io import load_model, load_tokenizer
+
+                path = cfg.dpo.divpo_embedding_model
+                self._embedder = (load_model(path, cfg.model.dtype, cfg.model.device).eval(), load_tokenizer(path))
+            model, tokenizer = self._embedder
+        mbs = cfg.train.micro_batch_size
+        return lambda pools: embedding_diversity(model, tokenizer, pools, mbs)
 
     def optimizer_steps(self, cfg: Config) -> int:
         return 1
@@ -114,7 +141,10 @@ class DPOStep:
         G = groups.group_size
         scores = [None if s != s else float(s) for s in groups.scores.flatten().tolist()]  # NaN: missing
         rng = random.Random(derive_seed(cfg.seed, it, 6) + distributed.rank())
-        diversity = divpo_diversity(cfg.dpo.divpo_criterion, groups) if cfg.dpo.pairs == "divpo" else None
+        diversity = None
+        if cfg.dpo.pairs == "divpo":
+            embed = self.embed(run) if cfg.dpo.divpo_criterion == "embedding" else None
+            diversity = divpo_diversity(cfg.dpo.divpo_criterion, groups, embed)
         divpo = (cfg.dpo.divpo_split, cfg.dpo.divpo_threshold)
         pairs, skipped = scored_pairs(cfg.dpo.pairs, scores, G, rng, diversity, divpo)
         counts = {"pairs": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()}}

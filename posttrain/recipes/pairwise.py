@@ -73,6 +73,31 @@ def dpo_loss_fn(
     return loss_fn
 
 
+def pool_embedder(cfg: Config) -> Callable[[list[list[str]]], list[list[float]]] | None:
+    """Offline DivPO's ``embedding`` criterion: ``dpo.divpo_embedding_model``, else the model ``model.path``
+    names, loaded from disk (the policy as it starts, so a resumed run ranks its pools as the first did).
+
+    Loaded at the first call (the train file's pools; the held-out file's reuse it); None when the
+    criterion is another.
+    """
+    d = cfg.dpo
+    if d.pairs != "divpo" or d.divpo_criterion != "embedding":
+        return None
+    path = d.divpo_embedding_model or cfg.model.path
+    assert path is not None  # open_training resolved model.path
+    loaded: list[Any] = []
+
+    def embed(pools: list[list[str]]) -> list[list[float]]:
+        from posttrain.eval.embedding_diversity import embedding_diversity
+        from posttrain.models.io import load_model, load_tokenizer
+
+        if not loaded:
+            loaded.extend([load_model(path, cfg.model.dtype, cfg.model.device).eval(), load_tokenizer(path)])
+        return embedding_diversity(loaded[0], loaded[1], pools, cfg.train.micro_batch_size)
+
+    return embed
+
+
 def load_pair_data(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, max_len: int | None, command: str, context: int | None = None
 ) -> tuple[list[EncodedPair], list[EncodedPair]]:
@@ -90,7 +115,7 @@ def load_pair_data(
             field="data.path",
         )
     if is_pool_file(path):  # scored response pools: pairs by dpo.pairs (random, best_worst, divpo)
-        splits = load_pool_pairs(path, cfg.data.eval_path, cfg.dpo, cfg.seed)
+        splits = load_pool_pairs(path, cfg.data.eval_path, cfg.dpo, cfg.seed, pool_embedder(cfg))
     else:
         splits = load_preferences(path, cfg.data.eval_path)
     # a pair with chosen == rejected teaches nothing: dropped and counted, refused when all are

@@ -82,7 +82,8 @@ class CompositeScorer:
             if take is not None:
                 run.report.counts.update({f"{c.name}/{k}": float(v) for k, v in take().items()})
         if self.combine is not None:
-            run.report.scores = self.combine(run.report.components, prompt_groups or groups)
+            # a group-level rule; hero also gives each prompt's weight on the advantage (ScoreReport.weights)
+            run.report.scores, run.report.weights = self.combine(run.report.components, prompt_groups or groups)
             return run.report
         for i in range(n):
             values = [run.report.components[c.name][i] for c, _ in self.components]

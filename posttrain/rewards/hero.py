@@ -13,14 +13,22 @@ rescaled inside each stratum, so every verified sample ranks above every other o
 
 with min and max over the stratum's dense scores. Then the variance-aware weight of the
 prompt, w = w_min + (w_max - w_min) sigmoid(k (sigma - mean sigma)), sigma the (population)
-std of the group's dense scores and mean sigma its mean over the call's groups, multiplies
-the group's rewards: prompts whose samples the dense score tells apart weigh more. The
-paper's reported settings are the defaults (alpha = beta = 0.05, w_min 0.4, w_max 3.0,
-k 6). Departures, stated: the weight multiplies the reward (the paper's weighting
-details are not fully given), so ``grpo.advantage=grpo``'s per-group std divides it out
-again; it acts with advantages that keep the reward's scale (``dr_grpo``, ``rloo``,
-``reinforce_pp*``) and in the logged reward. Under torchrun the mean sigma is this
-rank's groups'. Component weights are not used.
+std of the group's dense scores and mean sigma its mean over the call's groups: prompts
+whose samples the dense score tells apart weigh more. The paper's reported settings are
+the defaults (alpha = beta = 0.05, w_min 0.4, w_max 3.0, k 6).
+
+Where the weight acts: the paper describes it as a per-prompt training weight, scaling
+each prompt's contribution to the update. It is returned beside the rewards
+(``ScoreReport.weights``, one per sample, its prompt's) and multiplies the group's
+**advantages** after the estimator (``posttrain.algorithms.rl_batch.prompt_weighted``,
+called by GRPO), so it has its effect under every ``grpo.advantage``: with ``grpo``, the
+per-group std normalisation would divide out a weight folded into the reward, so the
+reward stays the stratified r above (it is also what ``reward`` logs) and the weight is
+applied to A = (r - mean) / std. Pair-based steps (online DPO) read the rewards only,
+where a positive per-prompt weight would not change a pair anyway. Departures, stated:
+the paper's text leaves open whether its weight enters before or after GRPO's
+normalisation; this is the reading that keeps it from cancelling. Under torchrun the
+mean sigma is this rank's groups'. Component weights are not used.
 
 **gated**: the dense score counts only among verified samples:
 r = w_v * v + w_d * v * s (w the components' weights, v the 0/1 verifier).
@@ -40,7 +48,9 @@ from typing import Any
 from posttrain.config.reward import HeroConfig, RewardConfig, combine_roles
 
 Scores = list[float | None]
-Combine = Callable[[dict[str, Scores], Sequence[int] | None], Scores]
+# per sample: the reward, and its prompt's weight on the advantage (None: the rule has no weights)
+Combined = tuple[Scores, list[float] | None]
+Combine = Callable[[dict[str, Scores], Sequence[int] | None], Combined]
 
 
 def stratified(verified: Sequence[float], dense: Sequence[float], alpha: float, beta: float, eps: float) -> list[float]:
@@ -82,21 +92,31 @@ def _by_group(sets: Sequence[int] | None, n: int) -> dict[int, list[int]]:
     return out
 
 
-def hero_scores(verifier: Scores, dense: Scores, sets: Sequence[int] | None, cfg: HeroConfig) -> Scores:
-    """HERO rewards of one scorer call's samples; ``sets[i]`` is sample i's prompt group."""
+def hero_scores(verifier: Scores, dense: Scores, sets: Sequence[int] | None, cfg: HeroConfig) -> Combined:
+    """HERO rewards of one scorer call's samples and their prompts' weights; ``sets[i]`` is sample i's prompt group.
+
+    The rewards are the stratified ones (unweighted); the weights, one per sample (its group's
+    variance-aware weight; 1.0 for a group with no scored sample), are None when
+    ``cfg.weighting`` is off. See the module docstring for where the weight acts.
+    """
     out: Scores = [None] * len(dense)
-    groups = [
-        [i for i in rows if verifier[i] is not None and dense[i] is not None]
-        for rows in _by_group(sets, len(dense)).values()
-    ]
-    groups = [rows for rows in groups if rows]
-    sigmas = [std([dense[i] for i in rows]) for rows in groups]  # type: ignore[misc]
-    weights = variance_weights(sigmas, cfg.w_min, cfg.w_max, cfg.k) if cfg.weighting else [1.0] * len(groups)
-    for rows, w in zip(groups, weights):
+    groups = []  # (all the group's samples, those with both scores), for groups with any scored sample
+    for rows in _by_group(sets, len(dense)).values():
+        scored = [i for i in rows if verifier[i] is not None and dense[i] is not None]
+        if scored:
+            groups.append((rows, scored))
+    for _, rows in groups:
         normed = stratified([verifier[i] for i in rows], [dense[i] for i in rows], cfg.alpha, cfg.beta, cfg.eps)  # type: ignore[misc]
         for i, r in zip(rows, normed):
-            out[i] = w * r
-    return out
+            out[i] = r
+    if not cfg.weighting:
+        return out, None
+    weights = [1.0] * len(dense)
+    sigmas = [std([dense[i] for i in rows]) for _, rows in groups]  # type: ignore[misc]
+    for (everyone, _), w in zip(groups, variance_weights(sigmas, cfg.w_min, cfg.w_max, cfg.k)):
+        for i in everyone:  # a missing sample too: the weight is the prompt's
+            weights[i] = w
+    return out, weights
 
 
 def gated_scores(verifier: Scores, dense: Scores, w_verifier: float, w_dense: float) -> Scores:
@@ -113,14 +133,14 @@ def combiner(cfg: RewardConfig, names: Sequence[str]) -> Combine | None:
     if cfg.combine == "hero":
         hero = cfg.hero
 
-        def combine_hero(components: dict[str, Scores], sets: Sequence[int] | None) -> Scores:
+        def combine_hero(components: dict[str, Scores], sets: Sequence[int] | None) -> Combined:
             return hero_scores(components[vname], components[dname], sets, hero)
 
         return combine_hero
     wv, wd = cfg.components[v].weight, cfg.components[d].weight
 
-    def combine_gated(components: dict[str, Scores], sets: Sequence[int] | None) -> Scores:
-        return gated_scores(components[vname], components[dname], wv, wd)
+    def combine_gated(components: dict[str, Scores], sets: Sequence[int] | None) -> Combined:
+        return gated_scores(components[vname], components[dname], wv, wd), None
 
     return combine_gated
 

@@ -37,14 +37,20 @@ class EngineCapabilities:
     # recomputes, so it may sample with truncation (vLLM's come after it)
     truncation: bool
     needs_cuda: bool
+    # can sample at a temperature head's picks (``posttrain.models.temperature_head``): the in-process
+    # sampler, and Ray workers, which run it and receive the head (``sync_head``); vLLM has no per-token
+    # temperature from a head
+    temperature_head: bool = False
 
 
 TORCH_ENGINE = EngineCapabilities(
-    in_process=True, device_tensors=False, lora=True, torchrun=True, truncation=True, needs_cuda=False
-)
+    in_process=True, device_tensors=False, lora=True, torchrun=True, truncation=True, needs_cuda=False,
+    temperature_head=True,
+)  # fmt: skip
 RAY_ENGINE = EngineCapabilities(
-    in_process=False, device_tensors=False, lora=False, torchrun=False, truncation=True, needs_cuda=False
-)
+    in_process=False, device_tensors=False, lora=False, torchrun=False, truncation=True, needs_cuda=False,
+    temperature_head=True,
+)  # fmt: skip
 VLLM_ENGINE = EngineCapabilities(
     in_process=False, device_tensors=True, lora=False, torchrun=False, truncation=False, needs_cuda=True
 )

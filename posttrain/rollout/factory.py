@@ -54,14 +54,25 @@ def check_engine(cfg: Config, *, distributed: bool = False, lora: bool | None = 
             field=FIELD,
         )
     for where, sc in (("sampling.adaptive", cfg.sampling), ("eval.sampling.adaptive", cfg.eval.sampling)):
-        if sc.adaptive != "off" and not caps.in_process:  # the head reads the sampling module's hidden states
+        if sc.adaptive != "off" and not caps.temperature_head:  # the head reads the sampler's hidden states
             raise ConfigError(
                 f"the {b} engine samples a call at one temperature and cannot run a temperature head: "
-                f"use {FIELD}=torch with {where}={sc.adaptive}",
+                f"use {FIELD}=torch or ray with {where}={sc.adaptive}",
                 field=FIELD,
             )
     if caps.needs_cuda and not torch.cuda.is_available():
         raise ConfigError(f"the {b} backend needs a CUDA GPU; use {FIELD}=torch", field=FIELD)
+
+
+def check_head_engine(cfg: Config) -> None:
+    """``posttrain adaptive`` samples every response at its temperature head's picks: refuse an engine that cannot."""
+    b = cfg.engine.backend
+    if not ENGINES[b].temperature_head:
+        raise ConfigError(
+            f"the {b} engine samples a call at one temperature and cannot run a temperature head, which "
+            f"posttrain adaptive trains on its own picks: use {FIELD}=torch or ray",
+            field=FIELD,
+        )
 
 
 def require_ray() -> Any:
@@ -117,15 +128,17 @@ def with_saved_head(engine: RolloutEngine, model_dir: str | Path, adaptive: str)
     """``engine`` carrying the temperature head saved in ``model_dir`` when ``adaptive`` (a sampling.adaptive) is on.
 
     Adaptive Decoding (Dhuliawala et al. 2024): ``posttrain adaptive`` writes the head into
-    the model directory it saves (``posttrain.models.temperature_head``). No head there is a
-    ConfigError; an engine that is not in-process was already refused by ``check_engine``.
+    the model directory it saves (``posttrain.models.temperature_head``). The in-process
+    engine takes it as it is; Ray workers receive a copy (``RayEngine.sync_head``). No head
+    there is a ConfigError; an engine that cannot run one was already refused by ``check_engine``.
     """
-    if adaptive == "off" or not engine.capabilities.in_process:
+    if adaptive == "off" or not engine.capabilities.temperature_head:
         return engine
     from posttrain.models.temperature_head import HEAD_WEIGHTS, load_head
 
-    model = cast(InProcessEngine, engine).model
-    head = load_head(model_dir, next(model.parameters()).device)
+    in_process = engine.capabilities.in_process
+    device = next(cast(InProcessEngine, engine).model.parameters()).device if in_process else "cpu"
+    head = load_head(model_dir, device)
     if head is None:
         engine.close()
         raise ConfigError(
@@ -133,7 +146,10 @@ def with_saved_head(engine: RolloutEngine, model_dir: str | Path, adaptive: str)
             "train one with posttrain adaptive",
             field="sampling.adaptive",
         )
-    cast(Any, engine).head = head
+    if in_process:
+        cast(Any, engine).head = head
+    else:
+        cast(Any, engine).sync_head(head)
     return engine
 
 

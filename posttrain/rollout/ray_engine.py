@@ -11,7 +11,10 @@ uses ``sampling.seed`` itself, so one worker reproduces the in-process engine
 exactly; a seeded call is reproducible for a fixed number of workers.
 
 Weight sync puts the state dict in Ray's object store once and has every worker
-load it. Users of other frameworks report syncs that hang with no word, so every
+load it. A temperature head (adaptive decoding, ``posttrain.models.temperature_head``)
+travels the same way (``sync_head``: its settings and weights, a few kilobytes), and
+each worker's sampler then picks temperatures with it exactly as the in-process one
+does; ``posttrain adaptive`` sends it again after every LPO step. Users of other frameworks report syncs that hang with no word, so every
 wait here has a limit (``engine.sync_timeout_s``, ``engine.generate_timeout_s``)
 and ends in a one-line ``RolloutError`` naming the worker and the setting; a dead
 actor ends the same way instead of as a Ray traceback. Start-up has a fixed limit
@@ -70,6 +73,15 @@ class RolloutWorker:
             raise ValueError(f"the weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         return True
 
+    def load_head(self, settings: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> bool:
+        """Sample with this temperature head from now on (a new one, or the trainer's latest weights)."""
+        from posttrain.models.temperature_head import HeadSettings, TemperatureHead
+
+        head = TemperatureHead(HeadSettings(**{**settings, "temperatures": tuple(settings["temperatures"])}))
+        head.load_state_dict(state_dict)
+        self.engine.head = head.to(self.engine.model.device).eval()
+        return True
+
 
 def share_bounds(n: int, workers: int) -> list[int]:
     """Cut points of ``n`` items into ``workers`` contiguous shares whose sizes differ by at most one."""
@@ -87,6 +99,7 @@ class RayEngine:
     """A ``RolloutEngine`` over ``workers`` Ray actors. Needs ``ray.init`` to have run."""
 
     capabilities: EngineCapabilities = RAY_ENGINE
+    role, workers_field = "rollout worker", "engine.workers"  # what the errors call an actor, and its setting
 
     def __init__(
         self,
@@ -139,6 +152,15 @@ class RayEngine:
             [a.load.remote(ref) for a in self.actors], self.sync_timeout_s, "load the weights", "engine.sync_timeout_s"
         )
 
+    def sync_head(self, head: Any) -> None:
+        """Send a temperature head (``TemperatureHead``) to every worker within ``sync_timeout_s``."""
+        settings = dataclasses.asdict(head.settings)
+        ref = ray.put({k: v.detach().cpu() for k, v in head.state_dict().items()})
+        self._wait(
+            [a.load_head.remote(settings, ref) for a in self.actors], self.sync_timeout_s, "load the temperature head",
+            "engine.sync_timeout_s",
+        )  # fmt: skip
+
     def close(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
@@ -156,19 +178,19 @@ class RayEngine:
             if ref not in done:
                 why = "raise it if the model is large" if field else _NO_START
                 raise RolloutError(
-                    f"rollout worker {w} did not {what} within {timeout_s:g} s; {why}", field=field or "engine.workers"
+                    f"{self.role} {w} did not {what} within {timeout_s:g} s; {why}", field=field or self.workers_field
                 )
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:
                 raise RolloutError(
-                    f"rollout worker {w} died during {what}: {_first_line(e)}", field="engine.workers"
+                    f"{self.role} {w} died during {what}: {_first_line(e)}", field=self.workers_field
                 ) from e
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
                 raise RolloutError(
-                    f"rollout worker {w} failed to {what}: {type(cause).__name__}: {_first_line(cause)}",
-                    field=field or "engine.workers",
+                    f"{self.role} {w} failed to {what}: {type(cause).__name__}: {_first_line(cause)}",
+                    field=field or self.workers_field,
                 ) from e
         return out
 

@@ -132,6 +132,11 @@ def _merge(report: ScoreReport, sub: ScoreReport, task: str, rows: list[int], n:
     """Task ``task``'s report on samples ``rows`` into the batch's: scores by row, components as ``task/name``."""
     for k, i in enumerate(rows):
         report.scores[i] = sub.scores[k]
+    if sub.weights is not None:  # a hero task's prompt weights; the other tasks' prompts weigh 1
+        if report.weights is None:
+            report.weights = [1.0] * n
+        for k, i in enumerate(rows):
+            report.weights[i] = sub.weights[k]
     for name, values in sub.components.items():
         full = report.components.setdefault(f"{task}{SEP}{name}", [None] * n)
         for k, i in enumerate(rows):

@@ -14,8 +14,10 @@ applies to its sampled pools (``posttrain.algorithms.pairs``):
 - ``divpo``: DivPO (Lanchantin et al. 2025, "Diverse Preference Optimization",
   Section 3): the most diverse response above the quality threshold against the
   least diverse below it, diversity by ``dpo.divpo_criterion`` over the pool's texts
-  (``word_frequency`` or ``embedding``; ``logprob`` needs the policy's sampling
-  logprobs, which a file does not hold).
+  (``word_frequency``, ``ngram`` or ``embedding``, the last the mean-pooled hidden
+  states of the model ``model.path`` names, the policy as it starts, or of
+  ``dpo.divpo_embedding_model``; ``logprob`` needs the policy's sampling logprobs,
+  which a file does not hold).
 
 ``group`` (every correct x wrong pair, weighted) is refused: offline pairs carry no
 weight. Pools whose rule makes no pair (every score equal, or none on one side) are
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from posttrain.algorithms.pairs import build_pairs
 from posttrain.config import DPOConfig
 from posttrain.errors import ConfigError
-from posttrain.eval.diversity import embedding_distance, word_frequency_rarity
+from posttrain.eval.diversity import ngram_distance, word_frequency_rarity
 from posttrain.seeds import derive_seed
 from posttrain.tasks.base import Prompt, Split
 from posttrain.tasks.preferences import PreferencePair
@@ -50,6 +53,7 @@ from posttrain.train.metrics import console
 
 POOL_SHAPE = "{prompt, responses: [{text, score}, ...]}"
 OFFLINE_RULES = ("random", "best_worst", "divpo")
+Embed = Callable[[list[list[str]]], list[list[float]]]  # pools' texts -> each response's embedding diversity
 
 
 @dataclass(frozen=True)
@@ -100,26 +104,34 @@ def pools_of(rows: Rows) -> list[ResponsePool]:
     ]
 
 
-def pool_diversity(criterion: str, pools: list[ResponsePool]) -> list[list[float]]:
-    """Each response's diversity within its pool, by ``dpo.divpo_criterion`` (``posttrain.eval.diversity``)."""
+def pool_diversity(criterion: str, pools: list[ResponsePool], embed: Embed | None = None) -> list[list[float]]:
+    """Each response's diversity within its pool, by ``dpo.divpo_criterion`` (``posttrain.eval.diversity``).
+
+    ``embedding`` calls ``embed`` on every pool's texts (``posttrain.eval.embedding_diversity``).
+    """
     if criterion == "word_frequency":
         return [word_frequency_rarity(p.texts) for p in pools]
+    if criterion == "ngram":
+        return [ngram_distance(p.texts) for p in pools]
     if criterion == "embedding":
-        return [embedding_distance(p.texts) for p in pools]
+        assert embed is not None, "the embedding criterion needs a model to embed with"
+        return embed([p.texts for p in pools])
     raise ConfigError(
-        "offline DivPO ranks a pool's texts: use dpo.divpo_criterion=word_frequency or embedding "
+        "offline DivPO ranks a pool's texts: use dpo.divpo_criterion=word_frequency, ngram or embedding "
         "(logprob needs the policy's sampling logprobs: dpo.mode=online)",
         field="dpo.divpo_criterion",
     )
 
 
-def pairs_of_pools(pools: list[ResponsePool], d: DPOConfig, seed: int) -> tuple[list[PreferencePair], dict[str, int]]:
+def pairs_of_pools(
+    pools: list[ResponsePool], d: DPOConfig, seed: int, embed: Embed | None = None
+) -> tuple[list[PreferencePair], dict[str, int]]:
     """The pairs ``d.pairs`` picks from each pool, and how many pools each reason skipped."""
     if d.pairs not in OFFLINE_RULES:
         raise ConfigError(
             f"offline pools take dpo.pairs={'|'.join(OFFLINE_RULES)} ({d.pairs} weights its pairs)", field="dpo.pairs"
         )
-    diversity = pool_diversity(d.divpo_criterion, pools) if d.pairs == "divpo" else None
+    diversity = pool_diversity(d.divpo_criterion, pools, embed) if d.pairs == "divpo" else None
     rng = random.Random(derive_seed(seed, 61))
     built = build_pairs(
         d.pairs, [p.scores for p in pools], rng, diversity, d.divpo_split, d.divpo_threshold
@@ -132,12 +144,14 @@ def pairs_of_pools(pools: list[ResponsePool], d: DPOConfig, seed: int) -> tuple[
     return out, built.skipped
 
 
-def load_pool_pairs(path: str, eval_path: str | None, d: DPOConfig, seed: int) -> dict[Split, list[PreferencePair]]:
+def load_pool_pairs(
+    path: str, eval_path: str | None, d: DPOConfig, seed: int, embed: Embed | None = None
+) -> dict[Split, list[PreferencePair]]:
     """Train and held-out pairs built from the pools of ``path`` (and ``eval_path``), skips said in one line."""
     skipped: dict[str, int] = {}
 
     def records(rows: Rows) -> list[PreferencePair]:
-        pairs, skips = pairs_of_pools(pools_of(rows), d, seed)
+        pairs, skips = pairs_of_pools(pools_of(rows), d, seed, embed)
         for k, v in skips.items():
             skipped[k] = skipped.get(k, 0) + v
         return pairs

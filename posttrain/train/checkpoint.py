@@ -42,6 +42,7 @@ import random
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -173,6 +174,28 @@ def save_checkpoint(
     """Write ``root/step_{step}`` and point ``latest`` at it; under torchrun every rank calls this."""
     if distributed.active():
         return _save_distributed(root, step, model, tokenizer, optimizer, scheduler, extra or {}, keep)
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d, safe_serialization=True)
+        tokenizer.save_pretrained(d)
+
+    return save_files_checkpoint(root, step, write, optimizer, scheduler, extra, keep)
+
+
+def save_files_checkpoint(
+    root: Path,
+    step: int,
+    write: Callable[[Path], object],
+    optimizer: Optimizer,
+    scheduler: LambdaLR,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """``save_checkpoint`` of one process with the weights ``write(directory)`` puts there (safetensors).
+
+    The same directory, state file, atomic rename, ``latest`` pointer, pruning and full-disk
+    handling; for a trained module that is not the model (a temperature head).
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
@@ -188,8 +211,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         torch.save(state, tmp / STATE_FILE)
         _check_plain(tmp / STATE_FILE)
         _publish(root, tmp, final)

@@ -74,6 +74,14 @@ def test_adaptive_command_trains_saves_and_compares(tmp_path: Path, level: str) 
         assert more is not None and more.settings == head.settings  # the saved head's, not adaptive.width's
 
 
+def test_vllm_is_refused_in_one_line_before_any_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """vLLM samples a call at one temperature, with no per-token temperature from a head: refused before SFT."""
+    assert main(["adaptive", "--config", str(config(tmp_path, "token")), "engine.backend=vllm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in ("engine.backend", "vllm engine", "temperature head")), err
+    assert not (tmp_path / "run" / "sft").exists()
+
+
 def test_bad_temperatures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["adaptive", "--config", str(config(tmp_path, "example")), "adaptive.temperatures=[0.5]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

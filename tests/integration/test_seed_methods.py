@@ -24,7 +24,7 @@ LN2 = math.log(2.0)
 SHORTER = "reward.components=[{kind: python, function: tests.rewards:shorter_is_better}]"
 
 
-@pytest.mark.parametrize("criterion", ["logprob", "word_frequency", "embedding"])
+@pytest.mark.parametrize("criterion", ["logprob", "word_frequency", "ngram", "embedding"])
 def test_online_dpo_with_divpo_pairs_trains(tmp_path: Path, tiny_dir: Path, criterion: str) -> None:
     cfg = load_config(
         None,

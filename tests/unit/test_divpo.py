@@ -9,7 +9,7 @@ import pytest
 from posttrain.algorithms.pairs import Pair, build_pairs, divpo_pair
 from posttrain.config import load_config
 from posttrain.errors import ConfigError
-from posttrain.eval.diversity import embedding_distance, logprob_rarity, word_frequency_rarity
+from posttrain.eval.diversity import logprob_rarity, ngram_distance, word_frequency_rarity
 from posttrain.recipes.online_dpo import scored_pairs
 
 
@@ -28,12 +28,12 @@ def test_word_frequency_rarity_by_hand() -> None:
     assert got == pytest.approx([1 / 6, 1 / 3, 1 / 6])
 
 
-def test_embedding_distance_by_hand() -> None:
+def test_ngram_distance_by_hand() -> None:
     """Bags of 1- and 2-grams: "x" = {x}, "x" = {x}, "y" = {y}. Distances: x-x 0, x-y 1.
     Means: (0 + 1) / 2, (0 + 1) / 2, (1 + 1) / 2."""
-    assert embedding_distance(["x", "x", "y"]) == pytest.approx([0.5, 0.5, 1.0])
+    assert ngram_distance(["x", "x", "y"]) == pytest.approx([0.5, 0.5, 1.0])
     # "a b" = {a, b, (a b)}, "a c" = {a, c, (a c)}: cosine 1/3
-    assert embedding_distance(["a b", "a c"]) == pytest.approx([2 / 3, 2 / 3])
+    assert ngram_distance(["a b", "a c"]) == pytest.approx([2 / 3, 2 / 3])
 
 
 def test_chosen_is_the_most_diverse_good_rejected_the_least_diverse_bad() -> None:

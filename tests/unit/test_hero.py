@@ -60,19 +60,23 @@ def test_variance_weights_by_hand() -> None:
 
 
 def test_hero_scores_two_groups_by_hand() -> None:
-    """Group 0 as above (weight 2.91222); group 1 = verifier (1, 0), dense (0, 0): 0.95 and -0.05, weight 0.48778."""
+    """Group 0 as above (weight 2.91222); group 1 = verifier (1, 0), dense (0, 0): 0.95 and -0.05, weight 0.48778.
+
+    The rewards are the stratified ones; the weights come beside them, one per sample (for the advantage).
+    """
     verifier: list[float | None] = [1, 1, 0, 0, 1, 0]
     dense: list[float | None] = [2.0, 4.0, 1.0, 3.0, 0.0, 0.0]
-    out = hero_scores(verifier, dense, [0, 0, 0, 0, 1, 1], HeroConfig(eps=1e-12))
+    out, weights = hero_scores(verifier, dense, [0, 0, 0, 0, 1, 1], HeroConfig(eps=1e-12))
     wa, wb = 2.912221149, 0.487778851
-    assert out == pytest.approx([0.95 * wa, 1.05 * wa, -0.05 * wa, 0.05 * wa, 0.95 * wb, -0.05 * wb])
+    assert out == pytest.approx([0.95, 1.05, -0.05, 0.05, 0.95, -0.05])
+    assert weights == pytest.approx([wa] * 4 + [wb] * 2)
     unweighted = hero_scores(verifier, dense, [0, 0, 0, 0, 1, 1], HeroConfig(eps=1e-12, weighting=False))
-    assert unweighted == pytest.approx([0.95, 1.05, -0.05, 0.05, 0.95, -0.05])
+    assert unweighted == (out, None)
 
 
 def test_hero_leaves_a_missing_score_missing_and_out_of_the_strata() -> None:
     """Sample 1's dense score is missing: it stays None, and the correct stratum is sample 0 alone (0.95)."""
-    out = hero_scores([1, 1, 0], [2.0, None, 1.0], [0, 0, 0], HeroConfig(weighting=False))
+    out, _ = hero_scores([1, 1, 0], [2.0, None, 1.0], [0, 0, 0], HeroConfig(weighting=False))
     assert out[1] is None and out[0] == pytest.approx(0.95) and out[2] == pytest.approx(-0.05)
     with pytest.raises(ValueError, match="prompt_groups"):
         hero_scores([1], [1.0], None, HeroConfig())
@@ -159,5 +163,51 @@ def test_the_gated_combiner_reads_roles_and_weights_from_the_config() -> None:
     )  # fmt: skip
     combine = combiner(cfg, ["f", "verifier"])
     assert combine is not None
-    assert combine({"f": [3.0, 3.0], "verifier": [1.0, 0.0]}, None) == [3.5, 0.0]
+    assert combine({"f": [3.0, 3.0], "verifier": [1.0, 0.0]}, None) == ([3.5, 0.0], None)  # gated: no weights
     assert combiner(RewardConfig(), ["verifier"]) is None  # weighted_sum: the scorer's own sum
+
+
+def test_the_hero_weight_scales_each_groups_grpo_advantage_by_hand() -> None:
+    """Two prompts, G = 4: group 0 as above (weight 2.91222), group 1 = verifier (1, 0, 0, 0), dense (0, 0, 0, 0).
+
+    Stratified rewards: group 0 (0.95, 1.05, -0.05, 0.05), mean 0.5, unbiased std sqrt(1.01 / 3) = 0.580230;
+    group 1 (0.95, -0.05, -0.05, -0.05) (equal dense scores: each stratum at its bottom), mean 0.2, std 0.5,
+    dense std 0 -> weight 0.48778. GRPO advantages (eps = 1e-6): group 0 (0.45, 0.55, -0.55, -0.45) / 0.580230
+    = (0.775553, 0.947899, -0.947899, -0.775553), times 2.91222 -> (2.258583, 2.760490, -2.760490, -2.258583);
+    group 1 (1.5, -0.5, -0.5, -0.5) times 0.48778 -> (0.731666, -0.243889, -0.243889, -0.243889).
+    """
+    from posttrain.algorithms.advantages import ADVANTAGES
+    from posttrain.algorithms.rl_batch import prompt_weighted, rl_rewards
+
+    verifier = Fixed("verifier", [1, 1, 0, 0, 1, 0, 0, 0])
+    dense = Fixed("rm", [2.0, 4.0, 1.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    components = [RewardComponentConfig("verifier"), RewardComponentConfig("reward_model", path="x", name="rm")]
+    examples = [Example(str(i), "p", "1") for i in range(2)]
+
+    def advantages(cfg: RewardConfig) -> tuple[list[float], list[float], list[float]]:
+        scorer = CompositeScorer([(verifier, 1.0), (dense, 1.0)], combine=combiner(cfg, ["verifier", "rm"]))
+        groups = sample_groups(
+            Scripted(), scorer, examples, [[1], [2]], group_size=4, sampling=SamplingParams(),
+            policy_version=0, doom_groups=True,
+        )  # fmt: skip
+        plain = ADVANTAGES["grpo"](rl_rewards(groups, "keep", 0.0))
+        return groups.scores.flatten().tolist(), plain.flatten().tolist(), prompt_weighted(plain, groups).flatten().tolist()
+
+    rewards, plain, weighted = advantages(RewardConfig(components, combine="hero", hero=HeroConfig(eps=1e-12)))
+    assert rewards == pytest.approx([0.95, 1.05, -0.05, 0.05, 0.95, -0.05, -0.05, -0.05])  # the weight is not in them
+    assert plain == pytest.approx([0.775553, 0.947899, -0.947899, -0.775553, 1.5, -0.5, -0.5, -0.5], abs=1e-5)
+    assert weighted == pytest.approx(
+        [2.258583, 2.760490, -2.760490, -2.258583, 0.731666, -0.243889, -0.243889, -0.243889], abs=1e-5
+    )
+    # weighting off, gated, or the plain weighted sum: no weights, the advantages are the estimator's own
+    for cfg in (
+        RewardConfig(components, combine="hero", hero=HeroConfig(eps=1e-12, weighting=False)),
+        RewardConfig(components, combine="gated"),
+    ):
+        _, plain_off, weighted_off = advantages(cfg)
+        assert weighted_off == plain_off
+    scorer = CompositeScorer([(verifier, 1.0), (dense, 1.0)])
+    groups = sample_groups(Scripted(), scorer, examples, [[1], [2]], group_size=4, sampling=SamplingParams(),
+                           policy_version=0, doom_groups=True)  # fmt: skip
+    plain = ADVANTAGES["grpo"](groups.scores)
+    assert groups.report.weights is None and groups.prompt_weights is None and prompt_weighted(plain, groups) is plain

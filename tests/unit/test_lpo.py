@@ -34,7 +34,9 @@ def test_choice_logprobs_sum_the_picked_entries() -> None:
 
 
 def test_lpo_loss_by_hand() -> None:
-    """Pair 1: chosen log p = log 0.5, rejected log 0.25, beta 2: margin ln 2, loss
+    """The paper's Eq. (10), -log sigmoid(beta log P(tau_c) - beta log P(tau_r)), per pair.
+
+    Pair 1: chosen log p = log 0.5, rejected log 0.25, beta 2: margin ln 2, loss
     -log sigmoid(2 ln 2) = log(1 + 1/4) = 0.22314. Pair 2: equal log-probs: loss ln 2.
     Weights (1, 0.5): the sum is 0.22314 + 0.5 ln 2 = 0.56972."""
     chosen = torch.tensor([math.log(0.5), math.log(0.3)])

@@ -130,3 +130,32 @@ def test_bad_task_lists_are_one_line() -> None:
         load_config({"data": {"tasks": [{"weight": 2.0}]}})
     with pytest.raises(ConfigError, match=r"data.tasks.0.reward.components: reward.combine=hero needs exactly two"):
         load_config({"data": {"tasks": [{"name": "a", "reward": {"combine": "hero"}}]}})
+
+
+def test_a_hero_tasks_prompt_weights_reach_the_merged_report_and_the_others_weigh_1() -> None:
+    """Task big under reward.combine=hero (verifier + length), task small a plain verifier; G = 2.
+
+    big's one group: verifier on "#300", "xxxx" (gold 300) -> 1, 0; stratified 0.95 and -0.05. With one group
+    its dense std equals the mean std: weight w_min + (w_max - w_min) / 2 = 0.4 + 1.3 = 1.7. small: weight 1.
+    """
+    from posttrain.config.reward import RewardComponentConfig, RewardConfig
+    from posttrain.rewards.hero import combiner
+
+    task = make_task(load_config(TWO).data)
+    assert isinstance(task, MultiTask)
+    hero = RewardConfig([RewardComponentConfig("verifier"), RewardComponentConfig("python", function="m:f", name="length")],
+                        combine="hero")  # fmt: skip
+    scorer = MultiScorer(
+        task,
+        {"small": CompositeScorer([(VerifierComponent(task.tasks["small"]), 1.0)]),
+         "big": CompositeScorer([(VerifierComponent(task.tasks["big"]), 1.0), (Length(), 1.0)],
+                                combine=combiner(hero, ["verifier", "length"]))},
+        {"small": "verifier", "big": "verifier"},
+    )  # fmt: skip
+    a = tag("small", Example("1+2", "1+2=?\n", "3"))
+    b = tag("big", Example("100+200", "100+200=?\n", "300"))
+    report = scorer.score([a, a, b, b], ["#3", "#4", "#300", "xxxx"], groups=[0, 0, 1, 1], prompt_groups=[0, 0, 1, 1])
+    assert report.scores == pytest.approx([1.0, 0.0, 0.95, -0.05])
+    assert report.weights == pytest.approx([1.0, 1.0, 1.7, 1.7])
+    plain = MultiScorer(task, {"small": scorer.scorers["small"], "big": scorer.scorers["small"]}, {})
+    assert plain.score([a, a], ["#3", "#4"], prompt_groups=[0, 0]).weights is None  # no hero task: no weights

@@ -30,7 +30,7 @@ def test_word_frequency_rarity_by_hand() -> None:
         # DivPO: the high set {0, 1} (score > 0.5), its rarest is 1 (7/12); the low set {2, 3}, its commonest is 2
         ("divpo", "word_frequency", ("x z w", "x y")),
         # mean 1-2-gram cosine distance to the others: 1 is the farthest high, 2 the nearest low (it equals 0)
-        ("divpo", "embedding", ("x z w", "x y")),
+        ("divpo", "ngram", ("x z w", "x y")),
         ("best_worst", "logprob", ("x y", "q r")),  # scores 0.9 vs 0.1, whatever the texts
     ],
 )
@@ -52,7 +52,7 @@ def test_random_pairs_cross_the_threshold() -> None:
 def test_unsupported_offline_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="dpo.pairs"):
         pairs_of_pools([POOL], DPOConfig(pairs="group"), 0)
-    with pytest.raises(ConfigError, match="word_frequency or embedding"):
+    with pytest.raises(ConfigError, match="word_frequency, ngram or embedding"):
         pairs_of_pools([POOL], DPOConfig(pairs="divpo", divpo_criterion="logprob"), 0)
 
 
