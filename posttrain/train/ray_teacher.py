@@ -33,9 +33,8 @@ class TeacherWorker(RolloutWorker):
     """The actor: a rollout worker over ``teacher.path`` that also scores token ids."""
 
     def score(self, batch: TokenBatch, temperature: float, full: bool) -> torch.Tensor:
-        from posttrain.algorithms.logprobs import token_logprobs
+        from posttrain.algorithms.logprobs import teacher_logits, token_logprobs
         from posttrain.device import precision
-        from posttrain.algorithms.logprobs import teacher_logits
 
         model = self.engine.model
         mb = batch.to(model.device)
