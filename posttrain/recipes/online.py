@@ -114,8 +114,16 @@ class Follower:
     ``generator``, is the one checkpoints of earlier releases used.
     """
 
-    def __init__(self, key: str, every: int, model: PreTrainedModel, initial: Callable[[], dict[str, torch.Tensor]]):
-        self.key, self.every = key, every
+    def __init__(
+        self,
+        key: str,
+        every: int,
+        model: PreTrainedModel,
+        initial: Callable[[], dict[str, torch.Tensor]],
+        ahead: bool = False,
+    ):
+        # ahead: the sampler of overlapped rollouts, whose batch in flight at a checkpoint came from this copy
+        self.key, self.every, self.ahead = key, every, ahead
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self._initial = initial
@@ -137,12 +145,12 @@ class Follower:
     def checkpoint(self, next_it: int, in_flight: bool = False) -> dict[str, Any]:
         """What a resume needs to sample as this run would: the copy, unless the next iteration syncs it.
 
-        ``in_flight``: a batch sampled with these weights is in flight (overlapped rollouts), so
-        the copy is kept although the next iteration syncs it: a resume samples that batch again.
+        ``in_flight``: a batch is in flight; one the sampler (``ahead``) drew from this copy is sampled
+        again on resume, so the copy is kept although the next iteration syncs it.
         """
         synced_at = last_sync(next_it - 1, self.every)
         extra: dict[str, Any] = {f"{self.key}_step": synced_at}
-        if synced_at > 0 and (in_flight or not should_sync(next_it, self.every)):
+        if synced_at > 0 and ((in_flight and self.ahead) or not should_sync(next_it, self.every)):
             extra[self.key] = self.module.state_dict()
         return extra
 
@@ -161,6 +169,7 @@ class EngineWeights:
     ):
         # ahead: overlapped rollouts, whose batch in flight at a checkpoint came from the weights last sent
         self.engine, self.every, self.keep, self._initial = engine, every, keep and (every != 1 or ahead), initial
+        self.ahead = ahead
         self.state: dict[str, torch.Tensor] | None = None
 
     def restore(self, extra: dict[str, Any], resumed: bool, model: PreTrainedModel) -> None:
@@ -187,7 +196,7 @@ class EngineWeights:
         """As ``Follower.checkpoint``, from the host copy of what the engine was last sent."""
         synced_at = last_sync(next_it - 1, self.every)
         extra: dict[str, Any] = {f"{self.key}_step": synced_at}
-        if self.state is not None and synced_at > 0 and (in_flight or not should_sync(next_it, self.every)):
+        if self.state is not None and synced_at > 0 and ((in_flight and self.ahead) or not should_sync(next_it, self.every)):
             extra[self.key] = self.state
         return extra
 
@@ -274,10 +283,8 @@ def train_online(cfg: Config, step: Step, resume: bool = False) -> Path:
                 last = step(run, it, groups, rollout)
                 bar.update(bar_id, advance=1, info=_progress_info(last))
                 if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0:
-                    in_flight = rollouts.overlapped and it + 1 < cfg.train.max_steps  # sampled by the sampler's weights
-                    kept = {
-                        k: v for f in followers for k, v in f.checkpoint(it + 1, in_flight and f.key == "generator").items()
-                    }
+                    in_flight = rollouts.overlapped and it + 1 < cfg.train.max_steps
+                    kept = {k: v for f in followers for k, v in f.checkpoint(it + 1, in_flight).items()}
                     kept.update(mix.checkpoint() if mix is not None else {})
                     save_checkpoint(
                         out / "checkpoints", it + 1, model, tokenizer, optimizer, scheduler, kept,
@@ -348,7 +355,7 @@ def _open_followers(
     in_process = ENGINES[cfg.engine.backend].in_process
     sampler = None
     if in_process and (r.sync_every != 1 or r.max_staleness > 0):  # overlapped: the producer samples a copy
-        sampler = Follower("generator", r.sync_every, model, initial)
+        sampler = Follower("generator", r.sync_every, model, initial, ahead=r.max_staleness > 0)
         sampler.restore(extra, ckpt is not None)
     followers: list[Follower | EngineWeights] = [sampler] if sampler is not None else []
     reference: torch.nn.Module | None = None
