@@ -41,6 +41,7 @@ class RewardComponentConfig:
     against: Literal["group", "reference"] = "group"  # judge pairwise: the group's other samples, or the demonstration
     max_new_tokens: int = 256  # judge: tokens for its reasoning and verdict
     temperature: float = 0.0  # judge: sampling temperature of its verdicts (0: greedy)
+    gpu_memory_utilization: float = 0.2  # judge beside a vLLM policy (engine.backend=vllm): its own vLLM's GPU share
     # reward.combine hero|gated: verifier (the 0/1 check) or dense (the score ranked inside each verifier
     # stratum); auto: a kind: verifier component is the verifier, the other one the dense score
     role: Literal["auto", "verifier", "dense"] = "auto"
@@ -171,6 +172,7 @@ def validate_reward(cfg: RewardConfig, need: Callable[[bool, str, str], None]) -
             need(c.path is not None, f"{key}.path", "kind: judge needs path: a causal LM directory (the judge)")
             need(c.max_new_tokens > 0, f"{key}.max_new_tokens", "must be > 0")
             need(c.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 is greedy)")
+            need(0 < c.gpu_memory_utilization < 1, f"{key}.gpu_memory_utilization", "must be in (0, 1)")
         need(c.batch_size > 0, f"{key}.batch_size", "must be > 0")
         if c.kind == "python":
             need(c.function is not None, f"{key}.function", "kind: python needs function: file.py:fn or pkg.module:fn")

@@ -196,7 +196,11 @@ class EngineWeights:
         """As ``Follower.checkpoint``, from the host copy of what the engine was last sent."""
         synced_at = last_sync(next_it - 1, self.every)
         extra: dict[str, Any] = {f"{self.key}_step": synced_at}
-        if self.state is not None and synced_at > 0 and ((in_flight and self.ahead) or not should_sync(next_it, self.every)):
+        if (
+            self.state is not None
+            and synced_at > 0
+            and ((in_flight and self.ahead) or not should_sync(next_it, self.every))
+        ):
             extra[self.key] = self.state
         return extra
 
@@ -386,7 +390,7 @@ def _open_scorer(cfg: Config, task: Task, stack: contextlib.ExitStack) -> Any:
 
     def build(reward: RewardConfig, task: Task) -> Any:
         return build_reward(reward, task, dtype=cfg.model.dtype, device=cfg.model.device,
-                            backend="ray" if ray else "local")  # fmt: skip
+                            backend="ray" if ray else "local", engine=cfg.engine.backend)  # fmt: skip
 
     if isinstance(task, MultiTask):  # data.tasks: each task's own reward section, else the run's
         rewards = {t.name: t.reward or cfg.reward for t in cfg.data.tasks}

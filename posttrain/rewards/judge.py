@@ -5,8 +5,8 @@ directory reads each sample through a template (``posttrain.judges.parse``: buil
 J1-style ``j1``, the tiny model's ``short``, or a file), rendered as a user turn with the
 judge's chat template when it has one, reasons, and states a verdict. It samples with
 the rollout factory's engine (``posttrain.rollout.factory.build_engine``: the in-process
-sampler, or one Ray actor when the reward runs on Ray, i.e. with ``engine.backend=ray``;
-never vLLM, see ``engine_backend``), greedily by default.
+sampler, one Ray actor when the reward runs on Ray, i.e. with ``engine.backend=ray``, or
+a second vLLM engine beside a vLLM policy: ``engine_backend``), greedily by default.
 
 - ``mode: pointwise``: the reward is the judge's 0-10 score / 10.
 - ``mode: pairwise``: every pair of a prompt's G samples is judged in both orders and
@@ -58,14 +58,17 @@ def runs(examples: Sequence[Example]) -> list[list[int]]:
     return out
 
 
-def engine_backend(backend: str) -> Literal["torch", "ray"]:
-    """The judge's engine for the reward's backend: Ray actors when the reward runs on Ray, else in process.
+def engine_backend(backend: str, engine: str = "torch") -> Literal["torch", "ray", "vllm"]:
+    """The judge's engine: the policy's. Ray actors when the reward runs on Ray, vLLM beside a vLLM policy.
 
-    vLLM is not offered for the judge: a vLLM policy engine fills its GPU itself, and its check
-    (``posttrain.rollout.factory.check_engine``) refuses ``engine.backend=vllm`` without a GPU before
-    any reward is built, so a judge never meets vLLM on a machine without one.
+    ``backend`` is where the reward runs (``local`` or ``ray``), ``engine`` the policy's
+    ``engine.backend``. A vLLM judge is a second vLLM engine on the same GPU, taking its own
+    share of the memory (the component's ``gpu_memory_utilization``); without a GPU
+    ``posttrain.rollout.factory.check_engine`` refuses ``engine.backend=vllm`` before any reward loads.
     """
-    return "ray" if backend == "ray" else "torch"
+    if backend == "ray" or engine == "ray":
+        return "ray"
+    return "vllm" if engine == "vllm" else "torch"
 
 
 class JudgeModel:
@@ -78,6 +81,8 @@ class JudgeModel:
         dtype: str = "float32",
         device: str = "auto",
         backend: str = "local",
+        engine: str = "torch",
+        gpu_memory_utilization: float = 0.2,
         batch_size: int = 64,
         workers: int = 1,
         max_new_tokens: int = 256,
@@ -103,7 +108,12 @@ class JudgeModel:
         self.sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         cfg = Config(
             model=ModelConfig(path=path, dtype=dtype, device=device),  # type: ignore[arg-type]
-            engine=EngineConfig(backend=engine_backend(backend), batch_size=batch_size, workers=workers),
+            engine=EngineConfig(
+                backend=engine_backend(backend, engine),
+                batch_size=batch_size,
+                workers=workers,
+                gpu_memory_utilization=gpu_memory_utilization,
+            ),
             sampling=SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens),
         )
         self.engine = build_engine(cfg, self.model, self.tokenizer, path)  # the policy's factory
@@ -261,6 +271,6 @@ def build_judge(c: Any, key: str, ctx: dict[str, Any]) -> JudgeComponent:
     template = load_template(c.template, c.mode, field=f"{key}.template")
     judge = JudgeModel(
         c.path, dtype=ctx["dtype"], device=ctx["device"], backend=ctx.get("backend", "local"),
-        batch_size=c.batch_size, max_new_tokens=c.max_new_tokens, temperature=c.temperature, field=f"{key}.path",
+        engine=ctx.get("engine", "torch"), gpu_memory_utilization=c.gpu_memory_utilization, batch_size=c.batch_size, max_new_tokens=c.max_new_tokens, temperature=c.temperature, field=f"{key}.path",
     )  # fmt: skip
     return JudgeComponent(judge, mode=c.mode, template=template, against=c.against, name=component_name(c))

@@ -67,13 +67,15 @@ def build_reward(
     dtype: str = "float32",
     device: str = "auto",
     backend: Literal["local", "ray"] = "local",
+    engine: str = "torch",
 ) -> CompositeScorer:
     """The scorer of ``cfg`` for ``task``. Load errors are ``ConfigError``/``ModelError`` naming the component.
 
     ``backend="ray"`` runs the pool as Ray actors and needs Ray initialised
-    (``posttrain.rollout.factory.init_ray``); ``"local"`` uses worker processes.
+    (``posttrain.rollout.factory.init_ray``); ``"local"`` uses worker processes. ``engine`` is
+    the policy's ``engine.backend``: a judge samples with the same kind of engine.
     """
-    ctx = {"dtype": dtype, "device": device, "backend": backend}  # a judge's engine follows the reward's backend
+    ctx = {"dtype": dtype, "device": device, "backend": backend, "engine": engine}
     built: list[tuple[RewardComponent, float]] = []
     for i, c in enumerate(cfg.components):
         built.append((KINDS[c.kind](c, f"reward.components.{i}", task, ctx), c.weight))

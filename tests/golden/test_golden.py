@@ -25,4 +25,3 @@ def test_the_comparison_forgives_last_bits_only() -> None:
     assert mismatches(golden, [{"loss": 1.7363, "gap": 1.1e-7, "n": 3}])  # 1e-3 relative: a real change
     assert mismatches(golden, [{"loss": 1.7345525026321411, "gap": 5e-6, "n": 3}])
     assert mismatches(golden, [{"loss": 1.7345525026321411, "gap": 1.1e-7, "n": 4}])  # counts exactly
-

@@ -30,6 +30,7 @@ NAMES = [
     "divpo-arithmetic",
     "hero-arithmetic",
     "judge-arithmetic",
+    "judge-smollm2",
     "lift-arithmetic",
     "predict-rl",
     "quickstart",

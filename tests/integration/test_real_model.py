@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import posttrain.models.io as model_io
+import posttrain.recipes.judge as judge_recipe
 import posttrain.recipes.sft as sft_recipe
 from posttrain.config import load_config
 from posttrain.errors import ModelError
@@ -159,3 +160,37 @@ def test_model_path_forms_that_are_refused_in_one_line(tmp_path: Path, monkeypat
     assert model_io.gguf_file(two / "a.gguf") == two / "a.gguf"
     with pytest.raises(ModelError, match="no installed package 'no_such_pkg_posttrain'"):
         model_io.gguf_file("pkg:no_such_pkg_posttrain")
+
+
+@needs_smollm2
+def test_the_real_judge_learns_the_verdict_form_from_the_format_warm_up(
+    smollm2: dict[str, Any], tmp_path: Path
+) -> None:
+    """judge-smollm2's finding, in small: the base model answers the J1 prompt in prose, every verdict unparsed
+    (counted as a failure, never read as a side); a few warm-up steps on random verdicts teach the [[A]]/[[B]] form."""
+    path: Path = smollm2["dir"]
+    base = [
+        f"model.path={path}",
+        f"threads={os.cpu_count() or 1}",
+        "data.task=judge",
+        "data.arithmetic.num_operands=3",
+        "data.arithmetic.digits=1",
+        "data.judge.template=j1",
+        "data.judge.demo=random",
+        "eval.num_problems=4",
+        "eval.sampling.temperature=0",
+        "eval.sampling.max_new_tokens=12",
+    ]
+    before = judge_recipe.judge_eval(load_config(None, [*base, f"output_dir={tmp_path / 'eval'}"]), path)
+    assert before["parse_failure_rate"]["n"] == 8
+    assert before["parse_failure_rate"]["value"] >= 0.75
+    assert before["accuracy"]["k"] == 0  # an unparsed verdict is wrong, not a side
+    assert isinstance(before["samples"][0]["prompt"], list)  # through the model's chat template
+    sft = load_config(
+        None,
+        [*base, f"output_dir={tmp_path / 'sft'}", "data.num_train=64", "train.max_steps=4", "train.batch_size=4",
+         "train.micro_batch_size=4", "train.max_seq_len=256", "optim.lr=1e-4"],
+    )  # fmt: skip
+    final = sft_recipe.train_sft(judge_recipe.judge_config(sft))
+    after = judge_recipe.judge_eval(load_config(None, [*base, f"output_dir={tmp_path / 'eval2'}"]), final)
+    assert after["parse_failure_rate"]["value"] == 0.0

@@ -122,3 +122,21 @@ def test_grpo_with_the_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
     assert first["ratio"] == pytest.approx(1.0, abs=0.05)
     assert records[1]["gen_tokens_per_s"] > 0
     assert (out / "final" / "model.safetensors").exists()
+
+
+def test_grpo_with_a_judge_reward_on_its_own_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
+    """A vLLM policy and a pointwise judge on a second vLLM engine, one process: two iterations, verdicts counted."""
+    out = tmp_path / "grpo-judge"
+    judge = f"{{kind: judge, path: {model_dir}, mode: pointwise, template: short, max_new_tokens: 4, gpu_memory_utilization: 0.1}}"
+    args = [*FAST, f"model.path={model_dir}", "model.device=cuda", "train.mixed_precision=bf16",
+            "engine.backend=vllm", "engine.enforce_eager=true", "engine.gpu_memory_utilization=0.15",
+            f"reward.components=[{judge}]", "train.max_steps=2", "grpo.drop_uniform_groups=false",
+            f"output_dir={out}"]  # fmt: skip
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    run = subprocess.run([sys.executable, "-m", "posttrain", "grpo", *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2]
+    assert all(r["judge/judge_calls"] > 0 for r in records)  # every sample went to the vLLM judge
+    assert all(r["judge/parse_failures"] <= r["judge/judge_calls"] for r in records)

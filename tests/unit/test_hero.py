@@ -191,7 +191,11 @@ def test_the_hero_weight_scales_each_groups_grpo_advantage_by_hand() -> None:
             policy_version=0, doom_groups=True,
         )  # fmt: skip
         plain = ADVANTAGES["grpo"](rl_rewards(groups, "keep", 0.0))
-        return groups.scores.flatten().tolist(), plain.flatten().tolist(), prompt_weighted(plain, groups).flatten().tolist()
+        return (
+            groups.scores.flatten().tolist(),
+            plain.flatten().tolist(),
+            prompt_weighted(plain, groups).flatten().tolist(),
+        )
 
     rewards, plain, weighted = advantages(RewardConfig(components, combine="hero", hero=HeroConfig(eps=1e-12)))
     assert rewards == pytest.approx([0.95, 1.05, -0.05, 0.05, 0.95, -0.05, -0.05, -0.05])  # the weight is not in them

@@ -224,3 +224,32 @@ def test_self_taught_contrasting_pairs_and_the_rejection_filter() -> None:
         len(keep_judgments(judgments, "A", random.Random(0))) == 1
         and keep_judgments(["[[B]]"], "A", random.Random(0)) == []
     )
+
+
+def test_a_judge_samples_with_the_policys_kind_of_engine(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, on Ray actors, or a second vLLM engine with its own GPU share beside a vLLM policy."""
+    import posttrain.rollout.factory as factory
+    from posttrain.rewards.judge import engine_backend
+    from posttrain.rewards.registry import build_reward
+
+    assert [engine_backend("local"), engine_backend("ray"), engine_backend("local", "vllm")] == ["torch", "ray", "vllm"]
+    assert engine_backend("local", "ray") == "ray"
+    seen = []
+
+    class Closed:
+        def close(self) -> None:
+            pass
+
+    def fake_build_engine(cfg, model, tokenizer, path):  # the factory's call is what is checked, not vLLM itself
+        seen.append(cfg.engine)
+        return Closed()
+
+    monkeypatch.setattr(factory, "build_engine", fake_build_engine)
+    judge = f"{{kind: judge, path: {tiny_dir}, template: short, gpu_memory_utilization: 0.25}}"
+    reward = load_config(None, [f"reward.components=[{judge}]"]).reward
+    task = make_task(load_config(None, []).data)
+    build_reward(reward, task, engine="vllm").close()
+    build_reward(reward, task).close()
+    assert [(e.backend, e.gpu_memory_utilization) for e in seen] == [("vllm", 0.25), ("torch", 0.25)]
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        load_config(None, [f"reward.components=[{judge.replace('0.25', '1.5')}]"])
