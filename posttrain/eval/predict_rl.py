@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from posttrain.eval.plots import plot_pass_at_k, plot_predictors
 from posttrain.eval.predict import format_prediction, ranks, spearman, spearman_pvalue
-from posttrain.eval.report import plot_pass_at_k, plot_predictors
 from posttrain.train.metrics import console
 
 

@@ -95,7 +95,8 @@ def run_eval(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def write_results(out: Path, results: dict[str, dict[str, Any]]) -> None:
     """``eval.json``, ``eval.md`` (the comparison table and how it was estimated) and ``plots/pass_at_k.png``."""
-    from posttrain.eval.report import format_eval_markdown, plot_pass_at_k
+    from posttrain.eval.plots import plot_pass_at_k
+    from posttrain.eval.report import format_eval_markdown
 
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from posttrain.eval.report import format_summary_table, plot_pass_at_k, write_report
+from posttrain.eval.plots import plot_pass_at_k
+from posttrain.eval.report import format_summary_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from posttrain.eval.report import curriculum_series, curriculum_tasks, write_report
+from posttrain.eval.plots import curriculum_series, curriculum_tasks
+from posttrain.eval.report import write_report
 from posttrain.train.metrics import read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from posttrain.cli import main
-from posttrain.eval.report import moving_band, overlap_verdict, smooth_window, write_report
+from posttrain.eval.plots import moving_band, smooth_window
+from posttrain.eval.report import overlap_verdict, write_report
 from tests.conftest import FAST
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
