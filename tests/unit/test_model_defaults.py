@@ -38,19 +38,19 @@ def test_real_model_gets_real_defaults_per_stage(tmp_path: Path, stage: str | No
     assert not is_tiny_model(str(real))
     notes: list[str] = []
     cfg = load_config(None, [f"model.path={real}"], stage=stage, explain=notes)
-    assert (cfg.optim.lr, cfg.train.max_seq_len) == (lr, 1024)
-    assert [n.split(":")[0] for n in notes] == ["optim.lr", "train.max_seq_len"]
+    assert (cfg.optim.lr, cfg.train.max_seq_len, cfg.train.logits_chunk) == (lr, 1024, 1024)
+    assert [n.split(":")[0] for n in notes] == ["optim.lr", "train.max_seq_len", "train.logits_chunk"]
 
 
 def test_a_value_the_user_gives_always_wins(tmp_path: Path) -> None:
     real = _real_dir(tmp_path)
     path = tmp_path / "c.yaml"
     path.write_text(
-        f"model: {{path: {real}}}\ntrain: {{max_seq_len: 300}}\nstages:\n  grpo:\n    optim: {{lr: 3.0e-6}}\n"
+        f"model: {{path: {real}}}\ntrain: {{max_seq_len: 300, logits_chunk: 0}}\nstages:\n  grpo:\n    optim: {{lr: 3.0e-6}}\n"
     )
     notes: list[str] = []
     grpo = load_config(path, stage="grpo", explain=notes)
-    assert (grpo.optim.lr, grpo.train.max_seq_len, notes) == (3e-6, 300, [])
+    assert (grpo.optim.lr, grpo.train.max_seq_len, grpo.train.logits_chunk, notes) == (3e-6, 300, 0, [])
     sft = load_config(path, stage="sft")  # no sft overlay: sft's real-model lr, the file's length
     assert (sft.optim.lr, sft.train.max_seq_len) == (2e-5, 300)
     cli = load_config(path, ["optim.lr=7e-6"], stage="grpo")
