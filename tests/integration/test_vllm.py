@@ -104,19 +104,27 @@ def test_sync_weights_changes_what_is_sampled(engine: VLLMEngine, model_dir: Pat
     assert [c.completion_ids for c in engine.generate(prompts, greedy)] == [c.completion_ids for c in before]
 
 
-def test_grpo_with_the_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
-    """Two GRPO iterations in a fresh process (one vLLM engine per process): on-policy ratio, logged gap."""
-    out = tmp_path / "grpo"
-    args = [*FAST, f"model.path={model_dir}", "model.device=cuda", "train.mixed_precision=bf16",
-            "engine.backend=vllm", "engine.enforce_eager=true", "engine.gpu_memory_utilization=0.15",
-            "train.max_steps=2", "grpo.drop_uniform_groups=false", "grpo.overlong=penalty",
-            "grpo.overlong_reward=-1.0", "optim.lr=1e-3", f"output_dir={out}"]  # fmt: skip
+VLLM_GRPO = ["model.device=cuda", "train.mixed_precision=bf16", "engine.backend=vllm", "engine.enforce_eager=true",
+             "engine.gpu_memory_utilization=0.15", "train.max_steps=2", "grpo.drop_uniform_groups=false"]  # fmt: skip
+
+
+def grpo_in_a_fresh_process(out: Path, model_dir: Path, extra: list[str]) -> list[dict[str, float]]:
+    """Two GRPO iterations on vLLM in their own process (one vLLM engine set per process); its metrics records."""
+    args = [*FAST, f"model.path={model_dir}", *VLLM_GRPO, *extra, f"output_dir={out}"]
     repo = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
     run = subprocess.run([sys.executable, "-m", "posttrain", "grpo", *args], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2]
+    return records
+
+
+def test_grpo_with_the_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
+    """Two GRPO iterations in a fresh process: on-policy ratio, logged gap."""
+    out = tmp_path / "grpo"
+    extra = ["grpo.overlong=penalty", "grpo.overlong_reward=-1.0", "optim.lr=1e-3"]
+    records = grpo_in_a_fresh_process(out, model_dir, extra)
     first = records[0]
     assert first["logprob_gap"] < 0.05  # bf16 vLLM against the bf16-autocast trainer, same weights
     assert first["ratio"] == pytest.approx(1.0, abs=0.05)
@@ -126,17 +134,8 @@ def test_grpo_with_the_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
 
 def test_grpo_with_a_judge_reward_on_its_own_vllm_engine(tmp_path: Path, model_dir: Path) -> None:
     """A vLLM policy and a pointwise judge on a second vLLM engine, one process: two iterations, verdicts counted."""
-    out = tmp_path / "grpo-judge"
-    judge = f"{{kind: judge, path: {model_dir}, mode: pointwise, template: short, max_new_tokens: 4, gpu_memory_utilization: 0.1}}"
-    args = [*FAST, f"model.path={model_dir}", "model.device=cuda", "train.mixed_precision=bf16",
-            "engine.backend=vllm", "engine.enforce_eager=true", "engine.gpu_memory_utilization=0.15",
-            f"reward.components=[{judge}]", "train.max_steps=2", "grpo.drop_uniform_groups=false",
-            f"output_dir={out}"]  # fmt: skip
-    repo = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
-    run = subprocess.run([sys.executable, "-m", "posttrain", "grpo", *args], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [1, 2]
+    judge = (f"{{kind: judge, path: {model_dir}, mode: pointwise, template: short, max_new_tokens: 4, "
+             "gpu_memory_utilization: 0.1}")  # fmt: skip
+    records = grpo_in_a_fresh_process(tmp_path / "grpo-judge", model_dir, [f"reward.components=[{judge}]"])
     assert all(r["judge/judge_calls"] > 0 for r in records)  # every sample went to the vLLM judge
     assert all(r["judge/parse_failures"] <= r["judge/judge_calls"] for r in records)
