@@ -72,6 +72,20 @@ def arithmetic_contrast(expression: str, question: str, rng: random.Random) -> J
     return JudgePair(f"ste:{expression}", question, worked_solution(expression), worked_solution(other))
 
 
+def generated_pairs(it: int, questions: Sequence[str], others: Sequence[str],
+                    replies: Sequence[str | None], replies_to_others: Sequence[str | None]) -> list[JudgePair]:
+    """The generator's contrasting pairs: (x, its reply to x, its reply to x') for each usable x'.
+
+    An x' is dropped when it is empty, equal to x, or when either reply is missing (too long) or the two
+    replies are equal once stripped: such a pair has no known winner.
+    """
+    pairs = []
+    for k, (q, other, good, bad) in enumerate(zip(questions, others, replies, replies_to_others, strict=True)):
+        if other and other != q and good is not None and bad is not None and good.strip() != bad.strip():
+            pairs.append(JudgePair(f"ste:{it}:{k}", q, good, bad))
+    return pairs
+
+
 def keep_judgments(judgments: Sequence[str], right: Side, rng: random.Random, keep: int = 1) -> list[str]:
     """Rejection sampling: up to ``keep`` of the judgments whose verdict picks the known winner, at random."""
     good = [j for j in judgments if parse_pairwise(j) == right]

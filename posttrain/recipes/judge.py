@@ -244,11 +244,10 @@ def _stage(cfg: Config, out: Path, name: str, model_path: str) -> Config:
 
 def self_taught_pairs(cfg: Config, it: int, judge_dir: str) -> list[Any]:
     """Iteration ``it``'s contrasting pairs (``posttrain.judges.self_taught``): built in, or by a generator model."""
-    from posttrain.judges.self_taught import PERTURB, arithmetic_contrast, read_instructions
+    from posttrain.judges.self_taught import PERTURB, arithmetic_contrast, generated_pairs, read_instructions
     from posttrain.rewards.judge import JudgeModel
     from posttrain.seeds import derive_seed
     from posttrain.tasks.arithmetic import ArithmeticTask
-    from posttrain.tasks.judging import JudgePair
 
     j, seed = cfg.data.judge, derive_seed(cfg.seed, it, 12)
     rng = random.Random(seed)
@@ -268,11 +267,8 @@ def self_taught_pairs(cfg: Config, it: int, judge_dir: str) -> list[Any]:
         replies = model.generate(questions + others)
     finally:
         model.close()
-    pairs = []
-    for k, (q, other) in enumerate(zip(questions, others)):
-        good, bad = replies[k], replies[len(questions) + k]
-        if other and other != q and good is not None and bad is not None and good[0].strip() != bad[0].strip():
-            pairs.append(JudgePair(f"ste:{it}:{k}", q, good[0], bad[0]))
+    first = [r[0] if r is not None else None for r in replies]
+    pairs = generated_pairs(it, questions, others, first[: len(questions)], first[len(questions) :])
     if not pairs:
         raise DataError(
             f"self-taught iteration {it + 1}: no contrasting pair from {len(questions)} instructions: every x' came "

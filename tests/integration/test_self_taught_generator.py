@@ -36,7 +36,7 @@ def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama (context 512, room for the PERTURB request) taught a little: x' for PERTURB(x), answers to both.
 
     An untrained one answers every prompt alike ("??????"), so every pair would be dropped. 120 SFT
-    steps leave it imperfect (some x' are wrong or equal to x): the test reads what it actually says.
+    steps may leave it imperfect (an x' wrong or equal to x): the test reads what it actually says.
     """
     torch.set_num_threads(1)  # module fixtures run before the per-test thread setting
     tmp = tmp_path_factory.mktemp("gen")
@@ -105,10 +105,12 @@ def test_a_generator_model_writes_the_pairs_and_only_right_judgments_are_kept(
         good, bad = greedy_reply(generator, q, NEW_TOKENS), greedy_reply(generator, other, NEW_TOKENS)
         if other and other != q and good.strip() != bad.strip():
             expected[q] = (good.strip(), bad.strip())
-    assert 0 < it["pairs"] == len(expected) < len(QUESTIONS)  # the rule dropped some: x' == x, or equal answers
+    # the engine's replies, read through the dropping rule (tests/unit/test_judge.py checks it by hand), give the
+    # pairs that the plain loop gives: how many survive depends on how well 120 steps taught the generator
+    assert 0 < it["pairs"] == len(expected)
     assert it["prompts"] == 2 * it["pairs"]  # both orders of each pair
-    # greedy: a prompt's judgments are all alike, kept when they pick the good answer; here about half are not
-    assert 0 < it["kept"] == len(rows) < it["prompts"]
+    # greedy: a prompt's judgments are all alike, kept when they pick the good answer
+    assert 0 < it["kept"] == len(rows) <= it["prompts"]
     for row in rows:  # a kept judgment picks the generator's answer to x, on whichever side it stands
         question, rest = row["prompt"].split("\nA:\n")
         a, b = rest.removesuffix("\nbetter:").split("\nB:\n")

@@ -226,6 +226,19 @@ def test_self_taught_contrasting_pairs_and_the_rejection_filter() -> None:
     )
 
 
+def test_a_generators_pair_is_kept_only_when_it_has_a_known_winner() -> None:
+    from posttrain.judges.self_taught import generated_pairs
+
+    questions = ["2+3=?", "7-4=?", "5+1=?", "9-2=?", "3+3=?"]
+    others = ["2-3=?", "7-4=?", "", "9+2=?", "3-3=?"]  # x' equal to x, then an empty x'
+    replies = ["#5", "#3", "#6", "#7 ", "#6"]
+    to_others = ["#-1", "#3", "#4", " #7", None]  # answers equal once stripped, then a reply too long
+    (pair,) = generated_pairs(2, questions, others, replies, to_others)
+    assert (pair.id, pair.question, pair.chosen, pair.rejected) == ("ste:2:0", "2+3=?", "#5", "#-1")
+    with pytest.raises(ValueError):  # a reply list that lost an entry is a bug, never a shorter run
+        generated_pairs(0, questions, others, replies, to_others[:-1])
+
+
 def test_a_judge_samples_with_the_policys_kind_of_engine(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In process, on Ray actors, or a second vLLM engine with its own GPU share beside a vLLM policy."""
     import posttrain.rollout.factory as factory
