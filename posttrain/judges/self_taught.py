@@ -72,8 +72,13 @@ def arithmetic_contrast(expression: str, question: str, rng: random.Random) -> J
     return JudgePair(f"ste:{expression}", question, worked_solution(expression), worked_solution(other))
 
 
-def generated_pairs(it: int, questions: Sequence[str], others: Sequence[str],
-                    replies: Sequence[str | None], replies_to_others: Sequence[str | None]) -> list[JudgePair]:
+def generated_pairs(
+    it: int,
+    questions: Sequence[str],
+    others: Sequence[str],
+    replies: Sequence[str | None],
+    replies_to_others: Sequence[str | None],
+) -> list[JudgePair]:
     """The generator's contrasting pairs: (x, its reply to x, its reply to x') for each usable x'.
 
     An x' is dropped when it is empty, equal to x, or when either reply is missing (too long) or the two
