@@ -91,6 +91,25 @@ def test_top_k_and_top_p_filters() -> None:
     assert torch.isinf(_filter_logits(logits, 0, 0.4)).tolist() == [[False, True, True, True]]
 
 
+def test_inverse_cdf_draws_follow_the_probabilities_and_never_a_masked_token() -> None:
+    from posttrain.errors import RolloutError
+    from posttrain.rollout.torch_engine import _draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    n = 20000
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([_draw(probs, gen) for _ in range(n)])  # (n, 2)
+    freq = torch.bincount(draws[:, 0], minlength=5).double() / n
+    # 4.5 standard errors of a frequency near 0.5 at n = 20,000 is 0.016
+    assert torch.allclose(freq, probs[0].double(), atol=0.016) and freq[1] == 0 and freq[4] == 0
+    assert bool((draws[:, 1] == 4).all())  # the one token of mass 1, also when it is the last
+    # unnormalised rows (a top-p mask before the softmax) draw the same way: the uniform is scaled by the row total
+    again = _draw(probs * 3, torch.Generator().manual_seed(0))
+    assert again.tolist() == _draw(probs, torch.Generator().manual_seed(0)).tolist()
+    with pytest.raises(RolloutError, match="not finite"):
+        _draw(torch.tensor([[0.5, float("nan")]]), gen)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
 def test_fast_decode_matches_the_plain_path(engine: TorchEngine, temperature: float) -> None:
     assert engine.fast  # the tiny model is a Llama: the static-cache path is the default
@@ -141,6 +160,37 @@ def test_dropping_finished_rows_changes_no_greedy_output(
     assert [c.finish_reason for c in dropped] == [c.finish_reason for c in keep_all]
     for a, b in zip(dropped, keep_all):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_repeated_prompt_is_prefilled_once_and_each_copy_samples_on_its_own(
+    engine: TorchEngine, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    import posttrain.rollout.torch_engine as te
+
+    a, b, c = prompts(engine)[:3]
+    ps = [a, b, a, a, c, b]  # GRPO's layout is each prompt G times in a row; any order is deduplicated
+    eng = TorchEngine(engine.model, engine.tokenizer, batch_size=8, fast=fast)
+    decoder = te.StaticLlamaDecoder if fast else te.HFDecoder
+    prefilled: list[int] = []
+    original = decoder.prefill
+    monkeypatch.setattr(
+        decoder, "prefill", lambda self, ids, *r: (prefilled.append(len(ids)), original(self, ids, *r))[1]
+    )
+    outs = eng.generate(ps, SamplingParams(temperature=1.0, max_new_tokens=12, seed=3))
+    assert prefilled == [3]
+    batch = collate([o.prompt_ids for o in outs], [o.completion_ids for o in outs], eng.pad_id)
+    with torch.no_grad():
+        full, _ = token_logprobs(eng.model, batch, 1.0)
+    for i, o in enumerate(outs):  # every copy's cache is its prompt's: logprobs of a full forward pass
+        assert o.prompt_ids == ps[i]
+        n = len(o.prompt_ids)
+        assert torch.allclose(torch.tensor(o.logprobs), full[i, n - 1 : n - 1 + len(o.completion_ids)], atol=1e-4)
+    assert len({tuple(outs[i].completion_ids) for i in (0, 2, 3)}) > 1  # the copies draw their own tokens
+    greedy = eng.generate(ps, SamplingParams(temperature=0.0, max_new_tokens=8))
+    alone = eng.generate([a, b, c], SamplingParams(temperature=0.0, max_new_tokens=8))
+    by_prompt = {tuple(o.prompt_ids): o.completion_ids for o in alone}
+    assert [o.completion_ids for o in greedy] == [by_prompt[tuple(p)] for p in ps]
 
 
 def test_stop_tokens_are_the_tokenizers_eos_and_the_generation_configs() -> None:
