@@ -21,6 +21,11 @@ def shorter_is_better(prompts: list[Any], completions: list[str], examples: list
     return [-float(len(c)) for c in completions]
 
 
+def char_sum_parity(prompts: list[Any], completions: list[str], examples: list[Any]) -> list[float]:
+    """The parity of the sum of character codes: distinct samples, even of an untrained model, often differ."""
+    return [float(sum(map(ord, c)) % 2) for c in completions]
+
+
 def always_one(prompts: list[Any], completions: list[str], examples: list[Any]) -> list[float]:
     """Every sample right: no preference anywhere."""
     return [1.0] * len(completions)

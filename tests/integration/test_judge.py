@@ -72,7 +72,8 @@ def test_grpo_on_verdicts_raises_the_both_orders_reward(tmp_path: Path, format_j
     before = expected_both_orders_reward(format_judge, pairs)
     cfg = pair_config(pairs, f"model.path={format_judge}", f"output_dir={tmp_path / 'g'}", "train.max_steps=12",
                       "rollout.prompts_per_step=4", "rollout.samples_per_prompt=8", "sampling.max_new_tokens=8",
-                      "grpo.drop_uniform_groups=false", "optim.lr=3e-3")  # fmt: skip
+                      "grpo.drop_uniform_groups=false", "optim.lr=1e-3")  # fmt: skip
+    # lr 1e-3: 0.137 -> 0.19-0.21 over seeds 0-2; at 3e-3 the judge collapsed to one letter on 2 of 3 seeds
     final = train_judge(cfg)
     after = expected_both_orders_reward(final, pairs)
     assert after > before + 0.02, (before, after)

@@ -200,7 +200,10 @@ def test_the_recipes_reward_pool_on_ray_counts_errors_and_timeouts_and_recovers(
 def test_grpo_on_ray_workers_reports_reward_failures(tmp_path: Path, tiny_dir: Path) -> None:
     # the task's verifier plus a python term with a bug some of the tiny model's completions hit, deterministically
     reward = "reward.components=[{kind: verifier}, {kind: python, function: tests.rewards:flaky_parity}]"
-    overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2", reward]
+    # uniform groups kept: the verifier's all-0 groups still train, so a draw whose every scored group is uniform
+    # is no run without an update (a group with a failed sample is dropped all the same)
+    overrides = [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2", reward,
+                 "grpo.drop_uniform_groups=false"]  # fmt: skip
     ray_keys = ["engine.backend=ray", "engine.workers=2", "reward.workers=2", "reward.timeout_s=5"]
     final = grpo_recipe.train_grpo(load_config(None, [*overrides, *ray_keys]))
     records = read_metrics(tmp_path / "g" / "metrics.jsonl")
