@@ -233,10 +233,14 @@ def side_by_side(
     p.add_argument("--json", help="also write every run's figures to this file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a posttrain config override for its runs only, e.g. train.logits_chunk=1024")  # fmt: skip
+    # TRL's trainers recompute activations in backward by default (TRL 1.x); posttrain does not: both engines get
+    # the same setting, off unless asked for
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both engines recompute activations")
     if model is not None:
         p.add_argument("--model", default=model, help=MODEL_HELP)
     add_args(p)
     args = p.parse_args()
+    args.set = [*args.set, f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
     torch.set_num_threads(args.threads)
     if args.engine:
         print(json.dumps({**runners[args.engine](args), "peak_mib": peak_mib()}))

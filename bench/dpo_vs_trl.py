@@ -80,6 +80,7 @@ def run_trl(a: argparse.Namespace) -> dict[str, float]:
         output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=LR, lr_scheduler_type="constant", beta=BETA, loss_type="sigmoid", use_cpu=True,
         report_to=[], save_strategy="no", logging_steps=len(rows), dataloader_num_workers=0, seed=0, **length,
+        gradient_checkpointing=a.gradient_checkpointing,
     )  # fmt: skip
     trainer = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(a.model), args=args, train_dataset=Dataset.from_list(rows),

@@ -46,10 +46,11 @@ class Settings:
     max_new: int = MAX_NEW
     lr: float = LR
     gsm8k: str | None = None
+    checkpointing: bool = False  # TRL's gradient_checkpointing (posttrain's comes through --set)
 
     @staticmethod
     def of(a: argparse.Namespace) -> Settings:
-        return Settings(a.prompts, a.samples, a.max_new_tokens, a.lr, a.gsm8k)
+        return Settings(a.prompts, a.samples, a.max_new_tokens, a.lr, a.gsm8k, a.gradient_checkpointing)
 
 
 def gsm8k_prompts(model: str, s: Settings, steps: int) -> list[dict[str, str]]:
@@ -121,7 +122,7 @@ def train_trl(model: str, steps: int, callbacks: list[Any], s: Settings = Settin
         num_generations=s.samples, max_completion_length=s.max_new, temperature=1.0, top_p=1.0, learning_rate=s.lr,
         lr_scheduler_type="constant", adam_beta2=0.99, max_grad_norm=1.0, beta=0.0, loss_type="dapo", scale_rewards="group",
         mask_truncated_completions=True, num_iterations=1, use_cpu=True, report_to=[], save_strategy="no",
-        logging_steps=1, seed=0,
+        logging_steps=1, seed=0, gradient_checkpointing=s.checkpointing,
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[reward], args=args,

@@ -133,7 +133,8 @@ def report(args: argparse.Namespace, model: str, results: dict[str, Any], second
         f"- versions: {versions()}",
         f"- command: `{' '.join(['python', *sys.argv])}`",
         f"- model: {model}; data: {'GSM8K' if args.gsm8k and not args.tiny else 'arithmetic'}; threads "
-        f"{args.threads}; rounds {args.rounds} (medians); wall "
+        f"{args.threads}; rounds {args.rounds} (medians); gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'} on both sides; wall "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()),
         "",
         "Ratio: posttrain's speed over the peer's (> 1: posttrain faster). Peak MiB: `VmHWM` of each engine's",
@@ -167,6 +168,9 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="working directory: the converted model, figures")
     p.add_argument("--out", type=Path, help="the markdown (default: ROOT/real_scale.md)")
     p.add_argument("--tiny", action="store_true", help="the quickstart's tiny model and arithmetic, minimal steps")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="SFT, DPO and GRPO with activations recomputed on both sides (TRL's own default)")  # fmt: skip
+    p.add_argument("--only", nargs="+", choices=list(SCRIPTS), help="run these benchmarks only (no table)")
     args = p.parse_args()
     if not args.tiny and not Path(args.gsm8k).is_file():
         sys.exit(f"real_scale: no GSM8K train.jsonl at {args.gsm8k}: pass --gsm8k (or --tiny for the smoke test)")
@@ -177,12 +181,16 @@ def main() -> None:
     data = [] if args.tiny else ["--gsm8k", str(Path(args.gsm8k).resolve())]
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for name in SCRIPTS:
+    for name in args.only or SCRIPTS:
         argv = [*(TINY_ARGS if args.tiny else REAL)[name], *common, *data]
         argv += ["--engine-dtype", "bfloat16"] if name == "generation" else ["--rounds", str(args.rounds)]
+        argv += ["--gradient-checkpointing"] if args.gradient_checkpointing and name in METRICS else []
         out = root / f"{name}.json"
         seconds[name] = run(name, argv, out)
         results[name] = {**json.loads(out.read_text()), "argv": [SCRIPTS[name], *argv]}
+    if args.only:
+        print(f"real_scale: {', '.join(args.only)} written under {root} (the table needs every benchmark)")
+        return
     text = report(args, model, results, seconds)
     dest = args.out or root / "real_scale.md"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,8 @@ def run_trl(a: argparse.Namespace) -> dict[str, float]:
     args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
                      learning_rate=a.lr, lr_scheduler_type="constant", use_cpu=True, report_to=[], save_strategy="no",
                      logging_steps=a.steps, completion_only_loss=True, packing=False, padding_free=a.packing,
-                     max_length=max_length, dataloader_num_workers=0, seed=0)  # fmt: skip
+                     max_length=max_length, dataloader_num_workers=0, seed=0,
+                     gradient_checkpointing=a.gradient_checkpointing)  # fmt: skip
     timer = step_timer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
