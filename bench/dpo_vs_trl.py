@@ -4,11 +4,14 @@ Same model (default the quickstart's tiny Llama; ``--model``: bench/common.py's
 ``MODEL_HELP``), same 960 arithmetic pairs (chosen: a worked demonstration;
 rejected: the same with a wrong final answer), sigmoid loss, beta 0.1, 32 pairs
 per step, lr 5e-5 constant, fp32, same thread count, 30 steps (one epoch). Pairs
-per second = pairs / wall time of the training call, which includes the
-reference log-probabilities: TRL computes them in every step, posttrain once up
-front (cached on disk; the cache is cleared before each run so the measure
-includes computing it). Each engine's peak resident memory is reported too. Run
-in the benchmark environment:
+per second = pairs / wall time of the whole training job on each side: loading
+the model, tokenising the pairs, the reference log-probabilities (TRL computes
+them in every step, posttrain once up front, cached on disk; the cache starts
+empty so the measure includes computing it), the steps and saving the trained
+model. Each engine's peak resident memory is reported too. ``--packing`` packs
+posttrain's pairs (``train.packing``); TRL 1.x's DPOTrainer turns its
+``padding_free`` off ("temporarily unavailable after a refactor"), so TRL pads
+either way. Run in the benchmark environment:
 
     .bench-venv/bin/python bench/dpo_vs_trl.py --rounds 3
 
@@ -62,9 +65,10 @@ def run_posttrain(a: argparse.Namespace) -> dict[str, float]:
     cfg = load_config(None, [
         f"model.path={a.model}", "data.task=jsonl", f"data.path={data}", "data.chat_template=off", f"output_dir={out}",
         f"train.max_steps={a.steps}", f"train.batch_size={a.batch}", f"train.micro_batch_size={a.batch}",
-        f"optim.lr={LR}", "dpo.loss=sigmoid", f"dpo.beta={BETA}", f"dpo.cache_dir={out / 'ref'}", *extra, *a.set,
+        f"optim.lr={LR}", "dpo.loss=sigmoid", f"dpo.beta={BETA}", f"dpo.cache_dir={out / 'ref'}",
+        f"train.packing={a.packing}", *extra, *a.set,
     ])  # fmt: skip
-    start = time.perf_counter()
+    start = time.perf_counter()  # train_dpo loads, tokenises, computes the reference, trains and saves
     train_dpo(cfg)
     return {"pairs_per_s": len(rows) / (time.perf_counter() - start)}
 
@@ -76,6 +80,7 @@ def run_trl(a: argparse.Namespace) -> dict[str, float]:
 
     rows = pairs(a)
     length = {"max_length": a.max_seq_len} if a.max_seq_len else {}
+    start = time.perf_counter()  # the same job as posttrain's timed call: load, tokenise, train, save
     args = DPOConfig(
         output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=LR, lr_scheduler_type="constant", beta=BETA, loss_type="sigmoid", use_cpu=True,
@@ -86,8 +91,8 @@ def run_trl(a: argparse.Namespace) -> dict[str, float]:
         model=AutoModelForCausalLM.from_pretrained(a.model), args=args, train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(a.model),
     )  # fmt: skip
-    start = time.perf_counter()
     trainer.train()
+    trainer.save_model()
     return {"pairs_per_s": len(rows) / (time.perf_counter() - start)}
 
 
@@ -96,6 +101,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=BATCH, help="pairs per step")
     p.add_argument("--max-seq-len", type=int, help="both engines' length limit (default: each one's own)")
     p.add_argument("--gsm8k", help="GSM8K train.jsonl: pairs from its worked solutions instead of arithmetic")
+    p.add_argument("--packing", action="store_true", help="posttrain's train.packing (TRL 1.x's DPO pads regardless)")
 
 
 def main() -> None:
@@ -105,7 +111,8 @@ def main() -> None:
     args, runs = done
     data = "GSM8K" if args.gsm8k else "arithmetic"
     print(f"{versions()}; threads {args.threads}; model {args.model_name}")
-    print(f"{args.rounds} rounds of {args.steps * args.batch} {data} pairs, {args.batch} a step")
+    packed = "; posttrain packed" if args.packing else ""
+    print(f"{args.rounds} rounds of {args.steps * args.batch} {data} pairs, {args.batch} a step{packed}")
     print("| engine | pairs/s (median) | peak resident MiB |\n|---|---|---|")
     for name, label in (("posttrain", "posttrain"), ("trl", "TRL DPOTrainer")):
         print(f"| {label} | {median(runs[name], 'pairs_per_s'):,.1f} | {median(runs[name], 'peak_mib'):,.0f} |")

@@ -179,3 +179,32 @@ def sequence_ids(batch: TokenBatch) -> torch.Tensor:
     starts = (batch.position_ids[:, : T - 1] == 0).long()
     starts[:, 0] = 1  # every row begins a sequence
     return (starts.flatten().cumsum(0) - 1).view(B, T - 1)
+
+
+ROW = "row"  # pack_rows' per-token extra: the unpacked row each prediction column came from
+
+
+def pack_rows(batch: TokenBatch) -> TokenBatch:
+    """``pack(batch)`` that remembers where each sequence came from, for per-sequence sums (``row_sums``).
+
+    DPO and reference scoring need one number per sequence, not a sum over the batch:
+    ``extra[ROW]`` (P, W-1) long holds, at every column of a packed sequence, the row
+    it had in ``batch``.
+    """
+    B, W = batch.response_mask.shape
+    rows = torch.arange(B).unsqueeze(1).expand(B, W).contiguous()
+    tagged = TokenBatch(batch.input_ids, batch.attention_mask, batch.response_mask, {**batch.extra, ROW: rows})
+    return pack(tagged)
+
+
+def row_sums(values: torch.Tensor, batch: TokenBatch, rows: int) -> torch.Tensor:
+    """(rows,): ``values`` (B, T-1) summed over each sequence's response columns.
+
+    Unpacked, the sequences are ``batch``'s rows; packed by ``pack_rows``, ``rows`` is the
+    number of rows it was packed from and the sums come back in that order.
+    """
+    masked = values * batch.response_mask
+    row = batch.extra.get(ROW)
+    if row is None:
+        return masked.sum(-1)
+    return masked.new_zeros(rows).index_add(0, row.flatten(), masked.flatten())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.data.batch import TokenBatch, collate, length_buckets
+from posttrain.data.batch import TokenBatch, collate, length_buckets, pack_rows, row_sums
 
 Sequence = tuple[list[int], list[int]]  # (prompt ids, response ids)
 EncodedPair = tuple[list[int], list[int], list[int]]  # (prompt ids, chosen ids, rejected ids)
@@ -32,6 +32,11 @@ class PairBatch:
     def num_tokens(self) -> int:
         return self.tokens.num_tokens
 
+    @property
+    def num_sequences(self) -> int:
+        """S: every response is some pair's chosen or rejected one (``collate_pairs``)."""
+        return int(torch.maximum(self.chosen.max(), self.rejected.max())) + 1 if len(self.chosen) else 0
+
     def to(self, device: torch.device) -> PairBatch:
         return PairBatch(
             self.tokens.to(device),
@@ -47,19 +52,22 @@ def collate_pairs(
     pairs: list[tuple[int, int, float]],
     pad_id: int,
     ref_logps: torch.Tensor | None = None,
+    packing: bool = False,
 ) -> PairBatch:
     """``pairs`` of (chosen index, rejected index, weight) into ``sequences`` -> a PairBatch.
 
     Only the sequences some pair uses become rows, each once; ``ref_logps`` (len(sequences),)
-    follows them.
+    follows them. ``packing`` (``train.packing``): the rows laid end to end (``pack_rows``)
+    instead of padded to the longest; ``response_logprobs`` gives the same sums either way.
     """
     row_of: dict[int, int] = {}
     for c, r, _ in pairs:
         row_of.setdefault(c, len(row_of))
         row_of.setdefault(r, len(row_of))
     used = list(row_of)
+    tokens = collate([sequences[i][0] for i in used], [sequences[i][1] for i in used], pad_id)
     return PairBatch(
-        tokens=collate([sequences[i][0] for i in used], [sequences[i][1] for i in used], pad_id),
+        tokens=pack_rows(tokens) if packing else tokens,
         chosen=torch.tensor([row_of[c] for c, _, _ in pairs], dtype=torch.long),
         rejected=torch.tensor([row_of[r] for _, r, _ in pairs], dtype=torch.long),
         weights=torch.tensor([w for _, _, w in pairs], dtype=torch.float32),
@@ -68,12 +76,20 @@ def collate_pairs(
 
 
 def sequence_batches(
-    sequences: list[Sequence], pad_id: int, batch_size: int, device: torch.device
+    sequences: list[Sequence], pad_id: int, batch_size: int, device: torch.device, packing: bool = False
 ) -> Iterator[TokenBatch]:
-    """``sequences`` in order, collated ``batch_size`` at a time onto ``device`` (for no-grad scoring)."""
+    """``sequences`` in order, ``batch_size`` at a time onto ``device`` (for no-grad scoring): collated, or
+    packed with ``packing`` (read them with ``response_logprobs``; batch i holds sequences i*batch_size...)."""
     for s in range(0, len(sequences), batch_size):
         chunk = sequences[s : s + batch_size]
-        yield collate([p for p, _ in chunk], [c for _, c in chunk], pad_id).to(device)
+        batch = collate([p for p, _ in chunk], [c for _, c in chunk], pad_id)
+        yield (pack_rows(batch) if packing else batch).to(device)
+
+
+def response_logprobs(logprobs: torch.Tensor, tokens: TokenBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token logprobs (B, T-1) of ``tokens`` -> (summed response logprob (n,), response length (n,)),
+    one per sequence in the order they were collated, packed or not."""
+    return row_sums(logprobs, tokens, n), row_sums(torch.ones_like(logprobs), tokens, n)
 
 
 def flatten_pairs(data: list[EncodedPair]) -> list[Sequence]:
@@ -87,10 +103,12 @@ def pair_micro_batches(
     micro_batch_size: int,
     pad_id: int,
     ref_logps: torch.Tensor | None = None,
+    packing: bool = False,
 ) -> list[PairBatch]:
     """One optimiser step's pairs ``rows`` of ``data``, bucketed by length into micro-batches.
 
-    ``micro_batch_size`` counts pairs (two sequences each); ``ref_logps`` is (len(data), 2).
+    ``micro_batch_size`` counts pairs (two sequences each); ``ref_logps`` is (len(data), 2);
+    ``packing``: each micro-batch's sequences packed (``collate_pairs``).
     """
     lengths = [len(data[i][0]) + max(len(data[i][1]), len(data[i][2])) for i in rows]
     out = []
@@ -98,5 +116,6 @@ def pair_micro_batches(
         picked = [rows[j] for j in bucket]
         sequences = flatten_pairs([data[i] for i in picked])
         ref = None if ref_logps is None else ref_logps[picked].reshape(-1)
-        out.append(collate_pairs(sequences, [(2 * k, 2 * k + 1, 1.0) for k in range(len(picked))], pad_id, ref))
+        pairs = [(2 * k, 2 * k + 1, 1.0) for k in range(len(picked))]
+        out.append(collate_pairs(sequences, pairs, pad_id, ref, packing))
     return out

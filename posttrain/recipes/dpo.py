@@ -53,14 +53,13 @@ def train_offline_dpo(cfg: Config, resume: bool = False) -> Path:
     start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
     loss_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, net, cfg.train.logits_chunk)
-    stats = run_pair_steps(
-        cfg, "dpo", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, ref_train, net
-    )
+    steps = (model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, ref_train, net, cfg.train.packing)
+    stats = run_pair_steps(cfg, "dpo", *steps)
     if test:
         ref_test = cached_reference_logps(cfg, test, pad) if needs_ref else None
         # every rank evaluates all of it through the model itself (under FSDP a forward is collective)
         held_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, logits_chunk=cfg.train.logits_chunk)
-        held = heldout_metrics(model, held_fn, test, cfg.train.micro_batch_size, pad, ref_test)
+        held = heldout_metrics(model, held_fn, test, cfg.train.micro_batch_size, pad, ref_test, cfg.train.packing)
         if distributed.is_main():
             write_heldout(out, writer, "dpo", cfg.train.max_steps, held)
         console.print(f"dpo: held-out reward accuracy {held['reward_accuracy']:.3f} on {len(test)} pairs")

@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from posttrain.algorithms.dpo import REFERENCE_FREE, sequence_logprobs
+from posttrain.algorithms.dpo import REFERENCE_FREE
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.pairs import build_pairs
 from posttrain.config import Config
-from posttrain.data.pairs import PairBatch, collate_pairs
+from posttrain.data.pairs import PairBatch, collate_pairs, response_logprobs
 from posttrain.device import precision
 from posttrain.errors import ConfigError
 from posttrain.eval.diversity import logprob_rarity, ngram_distance, word_frequency_rarity
@@ -105,7 +105,7 @@ def add_reference(ref: torch.nn.Module, batches: list[PairBatch], mixed_precisio
         tokens = mb.tokens.to(device)
         with precision(device, mixed_precision):
             logprobs, _ = token_logprobs(ref, tokens, chunk=logits_chunk)
-        mb.ref_logps = sequence_logprobs(logprobs, tokens.response_mask)[0]
+        mb.ref_logps = response_logprobs(logprobs, tokens, mb.num_sequences)[0]
 
 
 class DPOStep:
@@ -162,7 +162,8 @@ class DPOStep:
         mbs = cfg.train.micro_batch_size
         tok = run.tokenizer
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)  # type: ignore[arg-type]
-        micro = [collate_pairs(sequences, pairs[i : i + mbs], pad) for i in range(0, len(pairs), mbs)]
+        packing = cfg.train.packing
+        micro = [collate_pairs(sequences, pairs[i : i + mbs], pad, packing=packing) for i in range(0, len(pairs), mbs)]
         if run.reference is not None:
             add_reference(run.reference, micro, cfg.train.mixed_precision, cfg.train.logits_chunk)
         loss_fn = dpo_loss_fn(run.model, cfg.dpo, cfg.train.mixed_precision, run.net, cfg.train.logits_chunk)

@@ -22,12 +22,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from posttrain.algorithms.dpo import PairLogps, preference_loss, sequence_logprobs
+from posttrain.algorithms.dpo import PairLogps, preference_loss
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DPOConfig
 from posttrain.data.order import step_rows
-from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches
+from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches, response_logprobs
 from posttrain.data.tokenize import LengthCount, Limit
 from posttrain.device import precision
 from posttrain.errors import ConfigError, DataError
@@ -58,7 +58,7 @@ def dpo_loss_fn(
         mb = mb.to(model.device)
         with precision(model.device, mixed_precision):
             logprobs, _ = token_logprobs(model if net is None else net, mb.tokens, chunk=logits_chunk)
-        seq, lengths = sequence_logprobs(logprobs, mb.tokens.response_mask)
+        seq, lengths = response_logprobs(logprobs, mb.tokens, mb.num_sequences)
         ref = mb.ref_logps
         p = PairLogps(
             chosen=seq[mb.chosen],
@@ -149,8 +149,13 @@ def run_pair_steps(
     writer: MetricsWriter,
     ref_logps: torch.Tensor | None = None,
     net: torch.nn.Module | None = None,
+    packing: bool = False,
 ) -> dict[str, float]:
-    """Optimiser steps ``start`` .. ``train.max_steps`` over ``data``; checkpoints under output_dir."""
+    """Optimiser steps ``start`` .. ``train.max_steps`` over ``data``; checkpoints under output_dir.
+
+    ``packing``: micro-batches packed (``train.packing``), for a ``loss_fn`` that reads them
+    through ``response_logprobs`` (DPO's; the reward model's reads last-token scores).
+    """
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
     steps_per_epoch = len(data) // bs
     if steps_per_epoch == 0:
@@ -166,7 +171,7 @@ def run_pair_steps(
         for step in range(start, cfg.train.max_steps):
             epoch, rows = step_rows(len(data), bs, cfg.seed, step)
             rows = distributed.shard(rows)
-            micro = pair_micro_batches(data, rows, mbs, pad, ref_logps)
+            micro = pair_micro_batches(data, rows, mbs, pad, ref_logps, packing)
             t0 = time.perf_counter()
             trained = model if net is None else net
             stats = optimizer_step(trained, optimizer, scheduler, micro, loss_fn, float(len(rows)), cfg.train.grad_clip)
@@ -195,12 +200,14 @@ def heldout_metrics(
     micro_batch_size: int,
     pad_id: int,
     ref_logps: torch.Tensor | None = None,
+    packing: bool = False,
 ) -> dict[str, float]:
-    """The loss and every loss metric over all of ``data``, averaged exactly over pairs."""
+    """The loss and every loss metric over all of ``data``, averaged exactly over pairs (``packing``: as
+    ``run_pair_steps``)."""
     was_training = model.training
     model.eval()
     loss, sums = 0.0, dict[str, list[float]]()
-    for mb in pair_micro_batches(data, list(range(len(data))), micro_batch_size, pad_id, ref_logps):
+    for mb in pair_micro_batches(data, list(range(len(data))), micro_batch_size, pad_id, ref_logps, packing):
         out = loss_fn(mb)
         loss += float(out.loss_sum)
         for key, (num, den) in out.metrics.items():

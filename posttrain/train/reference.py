@@ -24,10 +24,9 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
-from posttrain.algorithms.dpo import sequence_logprobs
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.config import Config
-from posttrain.data.pairs import EncodedPair, Sequence, flatten_pairs, sequence_batches
+from posttrain.data.pairs import EncodedPair, Sequence, flatten_pairs, response_logprobs, sequence_batches
 from posttrain.device import precision
 from posttrain.models.io import load_model
 from posttrain.models.lora import BaseView, is_lora
@@ -59,19 +58,22 @@ def sequence_logps(
     mixed_precision: str = "no",
     logits_chunk: int = 0,
     advance: Advance | None = None,
+    packing: bool = False,
 ) -> torch.Tensor:
     """Summed response log-probability (S,) of each (prompt ids, response ids) under ``model``, on the CPU.
 
-    ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``).
+    ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``);
+    ``packing``: ``train.packing``, each batch's sequences packed instead of padded.
     ``advance(rows)`` is called after each batch (``posttrain.train.metrics.phase``).
     """
     was_training = model.training
     model.eval()
     out = []
-    for batch in sequence_batches(sequences, pad_id, batch_size, model.device):
+    for i, batch in enumerate(sequence_batches(sequences, pad_id, batch_size, model.device, packing)):
         with precision(model.device, mixed_precision):
             logprobs, _ = token_logprobs(model, batch, chunk=logits_chunk)
-        out.append(sequence_logprobs(logprobs, batch.response_mask)[0].cpu())
+        n = min(batch_size, len(sequences) - i * batch_size)
+        out.append(response_logprobs(logprobs, batch, n)[0].cpu())
         if advance is not None:
             advance(len(out[-1]))
     model.train(was_training)
@@ -107,10 +109,11 @@ def cached_reference_logps(cfg: Config, data: list[EncodedPair], pad_id: int) ->
     mine = len(distributed.shard(range(len(data)))) if distributed.active() else len(data)
     with phase("dpo reference (sequences)", total=2 * mine) as advance:  # this rank's share: two sequences a pair
         if distributed.active():
-            logps = _gathered_logps(ref, data, pad_id, mbs, mp, cfg.train.logits_chunk, advance)
+            logps = _gathered_logps(ref, data, pad_id, mbs, mp, cfg.train.logits_chunk, advance, cfg.train.packing)
         else:
             seqs = flatten_pairs(data)
-            logps = sequence_logps(ref, seqs, pad_id, mbs, mp, cfg.train.logits_chunk, advance).view(-1, 2)
+            logps = sequence_logps(ref, seqs, pad_id, mbs, mp, cfg.train.logits_chunk, advance, cfg.train.packing)
+            logps = logps.view(-1, 2)
     del ref
     if cfg.dpo.cache_reference and distributed.is_main():
         cache.mkdir(parents=True, exist_ok=True)
@@ -128,11 +131,14 @@ def _gathered_logps(
     mixed_precision: str,
     chunk: int = 0,
     advance: Advance | None = None,
+    packing: bool = False,
 ) -> torch.Tensor:
     """(N, 2) reference log-probabilities, each rank computing its share of the pairs."""
     rows = distributed.shard(range(len(data)))
     mine = (  # a rank may hold no pairs when there are fewer than ranks
-        sequence_logps(ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision, chunk, advance)
+        sequence_logps(
+            ref, flatten_pairs([data[i] for i in rows]), pad_id, batch_size, mixed_precision, chunk, advance, packing
+        )
         if rows
         else torch.empty(0)
     )

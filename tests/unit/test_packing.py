@@ -8,7 +8,7 @@ import torch
 from posttrain.algorithms.grpo import LOSS_WEIGHTS, grpo_loss
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.algorithms.sft import sft_loss
-from posttrain.data.batch import collate, pack
+from posttrain.data.batch import ROW, collate, pack, pack_rows, row_sums
 from posttrain.models.io import load_model
 
 
@@ -87,6 +87,54 @@ def test_packed_grpo_loss_equals_unpacked(tiny_dir) -> None:
         assert abs(a / n - b / m) < 1e-4 and n == m
 
 
+def test_pack_rows_sums_each_sequence_back_in_its_row() -> None:
+    # 4, 2 and 2 tokens: the two short ones share a row of the longest one's width
+    batch = collate([[5, 6], [7], [4]], [[10, 11], [12], [13]], pad_id=0)
+    packed = pack_rows(batch)
+    assert packed.input_ids.tolist() == [[5, 6, 10, 11], [7, 12, 4, 13]]
+    assert packed.extra[ROW].tolist() == [[0, 0, 0], [1, 0, 2]]  # the middle 0 is masked: it predicts row 2's start
+    assert ROW not in batch.extra
+    for b in (batch, packed):
+        predicted = b.input_ids[:, 1:].float()  # a per-token value that does not depend on the layout
+        assert row_sums(predicted, b, 3).tolist() == [21.0, 12.0, 13.0]  # 10 + 11, 12, 13
+        assert row_sums(torch.ones_like(predicted), b, 3).tolist() == [2.0, 1.0, 1.0]
+
+
+def test_packed_dpo_loss_gradient_and_reference_equal_unpacked(tiny_dir) -> None:
+    from posttrain.config import DPOConfig
+    from posttrain.data.pairs import collate_pairs
+    from posttrain.recipes.pairwise import dpo_loss_fn
+    from posttrain.train.reference import sequence_logps
+
+    model = load_model(tiny_dir, "float32", "cpu")
+    prompts, completions = _rows(seed=3, n=10)
+    sequences = list(zip(prompts, completions))
+    ref = sequence_logps(model, sequences, 0, 4)
+    packed_ref = sequence_logps(model, sequences, 0, 4, packing=True)
+    torch.testing.assert_close(packed_ref, ref, rtol=1e-5, atol=1e-5)
+    ref = ref + 0.3 * torch.randn(len(ref), generator=torch.Generator().manual_seed(0))  # not the policy: a margin
+    pairs = [(0, 1, 1.0), (2, 3, 0.5), (4, 5, 2.0), (6, 7, 1.0), (8, 9, 1.0), (1, 8, 1.0)]
+
+    def loss_and_grad(packing: bool, chunk: int):
+        model.zero_grad()
+        batch = collate_pairs(sequences, pairs, 0, ref, packing)
+        out = dpo_loss_fn(model, DPOConfig(beta=0.1), logits_chunk=chunk)(batch)
+        out.loss_sum.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return batch, float(out.loss_sum.detach()), out.metrics, grad
+
+    for chunk in (0, 8):  # the full head and the chunked one
+        plain, loss, metrics, grad = loss_and_grad(False, chunk)
+        packed, packed_loss, packed_metrics, packed_grad = loss_and_grad(True, chunk)
+        assert packed.tokens.input_ids.shape[0] < plain.tokens.input_ids.shape[0]  # it did pack
+        assert packed_loss == pytest.approx(loss, rel=1e-5)
+        assert loss != pytest.approx(6 * 0.6931, rel=1e-3)  # the random reference gave the pairs margins
+        for key, (num, den) in metrics.items():
+            assert packed_metrics[key][0] == pytest.approx(num, rel=1e-4, abs=1e-6), key
+            assert packed_metrics[key][1] == den, key
+        torch.testing.assert_close(packed_grad, grad, rtol=1e-4, atol=1e-6)
+
+
 def _cfg(tmp_path, tiny_dir, name, *extra):
     from posttrain.config import load_config
     from tests.conftest import FAST
@@ -105,6 +153,23 @@ def test_sft_with_packing_takes_the_same_steps(tmp_path, tiny_dir) -> None:
     plain, packed = ([r["loss"] for r in runs[k]] for k in ("false", "true"))
     assert packed == pytest.approx(plain, rel=1e-4)  # four updates later: the same model
     assert sum(r["tokens"] for r in runs["true"]) == sum(r["tokens"] for r in runs["false"])
+
+
+def test_offline_dpo_with_packing_takes_the_same_steps(tmp_path, tiny_dir, prefs) -> None:
+    from posttrain.recipes.dpo import train_dpo
+    from posttrain.train.metrics import read_metrics
+
+    runs = {}
+    for packing in ("false", "true"):
+        extra = (f"data.path={prefs}", "train.max_steps=4", "optim.lr=3e-3", f"train.packing={packing}")
+        train_dpo(_cfg(tmp_path, tiny_dir, packing, *extra))  # each run computes its own reference (own output_dir)
+        runs[packing] = read_metrics(tmp_path / packing / "metrics.jsonl")
+    plain, packed = runs["false"], runs["true"]
+    assert plain[0]["loss"] == pytest.approx(0.6931472, abs=1e-5)  # policy = reference at step 1
+    assert plain[3]["loss"] < plain[0]["loss"]  # four updates moved it
+    for key in ("loss", "reward_margin", "chosen_logps", "heldout_reward_accuracy"):
+        got = [r[key] for r in packed if key in r]
+        assert got and got == pytest.approx([r[key] for r in plain if key in r], rel=1e-4, abs=1e-6), key
 
 
 def test_grpo_with_packing_gives_the_same_first_update(tmp_path, tiny_dir) -> None:
