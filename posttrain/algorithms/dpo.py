@@ -61,11 +61,6 @@ class PairLogps:
     ref_rejected: torch.Tensor | None = None
 
 
-def sequence_logprobs(logprobs: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logprobs, response_mask (B, T-1) -> (summed response logprob (B,), response length (B,))."""
-    return (logprobs * response_mask).sum(-1), response_mask.sum(-1)
-
-
 def _ref(p: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
     if p.ref_chosen is None or p.ref_rejected is None:
         raise ValueError("this loss needs reference log-probabilities")

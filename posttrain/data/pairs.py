@@ -89,7 +89,7 @@ def sequence_batches(
 def response_logprobs(logprobs: torch.Tensor, tokens: TokenBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token logprobs (B, T-1) of ``tokens`` -> (summed response logprob (n,), response length (n,)),
     one per sequence in the order they were collated, packed or not."""
-    return row_sums(logprobs, tokens, n), row_sums(torch.ones_like(logprobs), tokens, n)
+    return row_sums(logprobs, tokens, n), row_sums(tokens.response_mask, tokens, n)  # the 0/1 mask squared is itself
 
 
 def flatten_pairs(data: list[EncodedPair]) -> list[Sequence]:

@@ -53,8 +53,10 @@ def train_offline_dpo(cfg: Config, resume: bool = False) -> Path:
     start = load_trainer_state(ckpt, optimizer, scheduler, model)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
     loss_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, net, cfg.train.logits_chunk)
-    steps = (model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, ref_train, net, cfg.train.packing)
-    stats = run_pair_steps(cfg, "dpo", *steps)
+    stats = run_pair_steps(
+        cfg, "dpo", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, ref_train, net,
+        packing=cfg.train.packing,
+    )  # fmt: skip
     if test:
         ref_test = cached_reference_logps(cfg, test, pad) if needs_ref else None
         # every rank evaluates all of it through the model itself (under FSDP a forward is collective)
