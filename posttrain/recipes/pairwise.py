@@ -154,7 +154,7 @@ def run_pair_steps(
     """Optimiser steps ``start`` .. ``train.max_steps`` over ``data``; checkpoints under output_dir.
 
     ``packing``: micro-batches packed (``train.packing``), for a ``loss_fn`` that reads them
-    through ``response_logprobs`` (DPO's; the reward model's reads last-token scores).
+    through ``response_logprobs`` (DPO's) or ``sequence_rewards`` (the reward model's).
     """
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
     steps_per_epoch = len(data) // bs

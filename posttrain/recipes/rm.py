@@ -3,7 +3,8 @@
 The model is the causal LM at ``model.path`` with a fresh one-output value head
 (``AutoModelForSequenceClassification(num_labels=1)``, which reads the last
 non-padding token); every weight trains. Each step runs chosen and rejected
-responses through one forward pass and applies the Bradley-Terry loss
+responses through one forward pass (padded, or packed end to end with
+``train.packing``) and applies the Bradley-Terry loss
 (``posttrain.algorithms.reward_model``). At the end, pairwise accuracy on the
 held-out pairs (``data.eval_path``, a ``test`` split, or a stable hash of the
 prompt) goes to ``heldout.json``.
@@ -28,18 +29,20 @@ from posttrain.device import precision
 from posttrain.models.io import save_pretrained_atomic
 from posttrain.recipes.common import open_stage
 from posttrain.recipes.pairwise import PairLossFn, heldout_metrics, load_pair_data, run_pair_steps, write_heldout
+from posttrain.rewards.reward_model import sequence_rewards
 from posttrain.rewards.scorers import load_reward_model
 from posttrain.train.checkpoint import load_trainer_state
 from posttrain.train.loop import build_optimizer
 from posttrain.train.metrics import MetricsWriter, console
 
 
-def rm_loss_fn(model: PreTrainedModel, mixed_precision: str = "no") -> PairLossFn:
+def rm_loss_fn(model: PreTrainedModel, pad_id: int, mixed_precision: str = "no") -> PairLossFn:
+    """The Bradley-Terry loss of a PairBatch, padded or packed (``train.packing``), from one forward pass."""
+
     def loss_fn(mb: PairBatch) -> LossOutput:
         mb = mb.to(model.device)
         with precision(model.device, mixed_precision):
-            out = model(input_ids=mb.tokens.input_ids, attention_mask=mb.tokens.attention_mask)
-        rewards = out.logits[:, 0].float()
+            rewards = sequence_rewards(model, mb.tokens, mb.num_sequences, pad_id)
         return bradley_terry_loss(rewards[mb.chosen], rewards[mb.rejected], mb.weights)
 
     return loss_fn
@@ -54,11 +57,14 @@ def train_rm(cfg: Config, resume: bool = False) -> Path:
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
     start = load_trainer_state(ckpt, optimizer, scheduler)["step"] if ckpt else 0
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
-    loss_fn = rm_loss_fn(model, cfg.train.mixed_precision)
-    stats = run_pair_steps(cfg, "rm", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer)
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    loss_fn = rm_loss_fn(model, pad, cfg.train.mixed_precision)
+    packing = cfg.train.packing
+    stats = run_pair_steps(
+        cfg, "rm", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, packing=packing
+    )  # fmt: skip
     if test:
-        pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
-        held = heldout_metrics(model, loss_fn, test, cfg.train.micro_batch_size, pad)
+        held = heldout_metrics(model, loss_fn, test, cfg.train.micro_batch_size, pad, packing=packing)
         write_heldout(out, writer, "rm", cfg.train.max_steps, held)
         console.print(f"rm: held-out pairwise accuracy {held['accuracy']:.3f} on {len(test)} pairs")
     writer.close()

@@ -18,10 +18,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from posttrain.data.batch import ROW, TokenBatch
 from posttrain.data.pairs import sequence_batches
 from posttrain.data.tokenize import encode_example
 from posttrain.device import resolve_device
-from posttrain.errors import ModelError
+from posttrain.errors import ConfigError, ModelError
 from posttrain.models.io import DTYPES, check_causal_lm_dir, load_tokenizer
 from posttrain.rewards.base import Job
 from posttrain.tasks.base import Example, Prompt, Task
@@ -45,6 +46,44 @@ def is_reward_model(path: str | Path) -> bool:
     cfg = Path(path) / "config.json"
     archs = json.loads(cfg.read_text()).get("architectures") or [] if cfg.is_file() else []
     return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def sequence_rewards(model: PreTrainedModel, tokens: TokenBatch, rows: int, pad_id: int) -> torch.Tensor:
+    """(rows,) float reward of each sequence of ``tokens``: padded rows, or rows packed by ``pack_rows``.
+
+    Padded, the model's own forward reads its head at each row's rightmost token that
+    is not ``pad_id``. Packed (``train.packing``), the backbone runs over the packed rows
+    (``position_ids``, so attention stays inside each sequence) and the head is read at
+    the same token of each sequence (rightmost non-pad, as the padded forward picks it,
+    so the two agree when pad is eos), the rewards back in the order the rows were packed from.
+    """
+    if tokens.position_ids is None:
+        return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits[:, 0].float()
+    backbone, head = getattr(model, model.base_model_prefix, None), getattr(model, "score", None)
+    if not isinstance(backbone, torch.nn.Module) or not isinstance(head, torch.nn.Linear):
+        raise ConfigError(
+            f"{type(model).__name__} has no backbone and `score` head to read packed sequences; set it to false",
+            field="train.packing",
+        )
+    P, W = tokens.input_ids.shape
+    # no cache: with one, transformers reads position_ids as one sequence a row, not as packed ones
+    hidden = backbone(input_ids=tokens.input_ids, position_ids=tokens.position_ids, use_cache=False).last_hidden_state
+    flat = hidden.reshape(P * W, -1)
+    starts = tokens.position_ids == 0  # every sequence and the padded tail of a row start at position 0
+    segment = starts.flatten().long().cumsum(0) - 1  # (P*W,) the segment each token is in
+    column = torch.arange(P * W, device=flat.device)
+    readable = ((tokens.attention_mask > 0) & (tokens.input_ids != pad_id)).flatten()
+    last = torch.full((int(segment[-1]) + 1,), -1, dtype=torch.long, device=flat.device)
+    last = last.scatter_reduce(0, segment[readable], column[readable], "amax")
+    # a sequence's original row: ROW at its first token (its column predicts the second token, so it is set)
+    first = column[starts.flatten() & (tokens.attention_mask > 0).flatten()]
+    row = tokens.extra[ROW].reshape(P, W - 1)
+    origin = row[first // W, first % W]
+    picked = last[segment[first]]
+    if len(first) != rows or bool((picked < 0).any()):
+        raise ValueError(f"{len(first)} packed sequences with a readable token, expected {rows}")
+    rewards = head(flat[picked])[:, 0].float()
+    return rewards[torch.argsort(origin)]
 
 
 @torch.no_grad()

@@ -135,6 +135,57 @@ def test_packed_dpo_loss_gradient_and_reference_equal_unpacked(tiny_dir) -> None
         torch.testing.assert_close(packed_grad, grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_packed_reward_model_scores_and_gradient_equal_unpacked(tiny_dir, pad_is_eos) -> None:
+    from posttrain.data.pairs import collate_pairs
+    from posttrain.models.io import load_tokenizer
+    from posttrain.recipes.rm import rm_loss_fn
+    from posttrain.rewards.reward_model import load_reward_model, sequence_rewards
+
+    model = load_reward_model(tiny_dir, "float32", load_tokenizer(tiny_dir), "cpu")
+    torch.nn.init.normal_(model.score.weight, std=0.5, generator=torch.Generator().manual_seed(1))  # not all 0
+    prompts, completions = _rows(seed=5, n=8)
+    pad = 2
+    if pad_is_eos:  # each reply ends in the pad id: both paths read the token before it
+        completions = [c + [pad] for c in completions]
+    model.config.pad_token_id = pad
+    sequences = list(zip(prompts, completions))
+    pairs = [(0, 1, 1.0), (2, 3, 0.5), (4, 5, 2.0), (6, 7, 1.0), (1, 6, 1.0)]
+
+    def run(packing: bool):
+        model.zero_grad()
+        batch = collate_pairs(sequences, pairs, pad, None, packing)
+        rewards = sequence_rewards(model, batch.tokens, batch.num_sequences, pad)
+        out = rm_loss_fn(model, pad)(batch)
+        out.loss_sum.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return batch, rewards.detach(), float(out.loss_sum.detach()), grad
+
+    plain, rewards, loss, grad = run(False)
+    packed, packed_rewards, packed_loss, packed_grad = run(True)
+    assert packed.tokens.input_ids.shape[0] < plain.tokens.input_ids.shape[0]  # it did pack
+    assert rewards.std() > 0.01  # distinct sequences, distinct scores: a mix-up would show
+    torch.testing.assert_close(packed_rewards, rewards, rtol=1e-5, atol=1e-5)
+    assert packed_loss == pytest.approx(loss, rel=1e-5)
+    torch.testing.assert_close(packed_grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_reward_model_with_packing_takes_the_same_steps(tmp_path, tiny_dir, prefs) -> None:
+    from posttrain.recipes.rm import train_rm
+    from posttrain.train.metrics import read_metrics
+
+    runs = {}
+    for packing in ("false", "true"):
+        extra = (f"data.path={prefs}", "train.max_steps=4", "optim.lr=3e-3", f"train.packing={packing}")
+        train_rm(_cfg(tmp_path, tiny_dir, f"rm-{packing}", *extra))
+        runs[packing] = read_metrics(tmp_path / f"rm-{packing}" / "metrics.jsonl")
+    plain, packed = runs["false"], runs["true"]
+    assert len({round(r["loss"], 6) for r in plain if "loss" in r}) > 1  # the updates changed the model
+    for key in ("loss", "heldout_loss", "heldout_accuracy"):
+        got = [r[key] for r in packed if key in r]
+        assert got and got == pytest.approx([r[key] for r in plain if key in r], rel=1e-4, abs=1e-6), key
+
+
 def _cfg(tmp_path, tiny_dir, name, *extra):
     from posttrain.config import load_config
     from tests.conftest import FAST
