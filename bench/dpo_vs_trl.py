@@ -115,7 +115,7 @@ def main() -> None:
     print(f"{args.rounds} rounds of {args.steps * args.batch} {data} pairs, {args.batch} a step{packed}")
     print("| engine | pairs/s (median) | peak resident MiB |\n|---|---|---|")
     for name, label in (("posttrain", "posttrain"), ("trl", "TRL DPOTrainer")):
-        print(f"| {label} | {median(runs[name], 'pairs_per_s'):,.1f} | {median(runs[name], 'peak_mib'):,.0f} |")
+        print(f"| {label} | {median(runs[name], 'pairs_per_s'):,.3g} | {median(runs[name], 'peak_mib'):,.0f} |")
     ours, peer = median(runs["posttrain"], "pairs_per_s"), median(runs["trl"], "pairs_per_s")
     print(f"posttrain / TRL = {ours / peer:.2f}x")
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from posttrain.data.batch import TokenBatch
+from posttrain.data.batch import TokenBatch, row_sums
 from posttrain.errors import ModelError
 
 CHUNK_FIELD = "train.logits_chunk"
@@ -87,6 +87,8 @@ def token_logprobs(
     passed as ``position_ids`` without a mask, which ``transformers`` reads as packed
     sequences.
     """
+    if batch.shared is not None:
+        return _shared_token_logprobs(model, batch, temperature, with_entropy, entropy_grad, chunk)
     if chunk > 0:
         return chunked_token_logprobs(model, batch, temperature, with_entropy, entropy_grad, chunk)
     out = model(**_forward_inputs(batch), use_cache=False)
@@ -96,6 +98,15 @@ def token_logprobs(
     logprobs = gather_logprobs(logits, batch.input_ids[:, 1:])
     entropy = entropy_from_logits(logits, grad=entropy_grad) if with_entropy else None
     return logprobs, entropy
+
+
+def response_sums(
+    model: torch.nn.Module, tokens: TokenBatch, n: int, chunk: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed response logprob (n,), response length (n,)) of each of the ``n`` sequences in ``tokens``,
+    in the order they were collated: padded, packed (``row_sums``) or prefix-shared."""
+    logprobs, _ = token_logprobs(model, tokens, chunk=chunk)
+    return row_sums(logprobs, tokens, n), row_sums(tokens.response_mask, tokens, n)  # the 0/1 mask squared is itself
 
 
 def _forward_inputs(batch: TokenBatch) -> dict[str, torch.Tensor]:
@@ -214,7 +225,7 @@ def head_as_called(model: Any) -> Iterator[None]:
         yield
 
 
-def final_hidden(model: Any, batch: TokenBatch, head: OutputHead) -> tuple[torch.Tensor, torch.Tensor]:
+def final_hidden(model: Any, inputs: dict[str, torch.Tensor], head: OutputHead) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, H) final hidden states, and the model's own (B, V) logits of the last position.
 
     The forward goes through ``model`` itself (so DDP, FSDP and peft hooks run) with
@@ -228,13 +239,13 @@ def final_hidden(model: Any, batch: TokenBatch, head: OutputHead) -> tuple[torch
 
     handle = head.decoder.register_forward_hook(hook)
     try:
-        out = model(**_forward_inputs(batch), use_cache=False, logits_to_keep=1)
+        out = model(**inputs, use_cache=False, logits_to_keep=1)
     except TypeError as e:
         raise ModelError(f"{type(unwrap(model)).__name__}'s forward takes no logits_to_keep ({e}); set it to 0",
                          field=CHUNK_FIELD) from None  # fmt: skip
     finally:
         handle.remove()
-    if not caught or caught[-1].shape[:2] != batch.input_ids.shape:
+    if not caught or caught[-1].shape[:2] != inputs["input_ids"].shape:
         raise ModelError("the decoder's output is not (batch, tokens, hidden); set it to 0", field=CHUNK_FIELD)
     return caught[-1], out.logits[:, -1]
 
@@ -269,10 +280,48 @@ def chunked_token_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` through the chunked head: (B, T-1) logprobs, 0 outside ``response_mask``."""
     head = output_head(model)
-    hidden, last_logits = final_hidden(model, batch, head)
+    hidden, last_logits = final_hidden(model, _forward_inputs(batch), head)
     with head_as_called(model):
         check_head(model, head, hidden[:, -1], last_logits)
         return _head_logprobs(hidden, head, batch, temperature, with_entropy, entropy_grad, chunk)
+
+
+def _shared_token_logprobs(
+    model: Any,
+    batch: TokenBatch,
+    temperature: float,
+    with_entropy: bool,
+    entropy_grad: bool,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` of a batch with prefix-shared rows (``posttrain.data.prefix``): the forward runs
+    the shared rows, each read comes from the position that predicts it, and the values land at the
+    padded layout's (B, T-1) columns, 0 outside ``response_mask``."""
+    sh = batch.shared
+    assert sh is not None
+    t = temperature if temperature not in (0.0, 1.0) else None
+    inputs = sh.forward_inputs()
+    ent: torch.Tensor | None = None
+    if chunk <= 0:
+        logits = model(**inputs, use_cache=False).logits[sh.rows, sh.cols]
+        logits = logits / t if t is not None else logits
+        lp = gather_logprobs(logits, sh.targets)
+        ent = entropy_from_logits(logits, grad=entropy_grad) if with_entropy else None
+    else:
+        head = output_head(model)
+        hidden, last_logits = final_hidden(model, inputs, head)
+        with head_as_called(model):
+            check_head(model, head, hidden[:, -1], last_logits)
+            P, W, H = hidden.shape
+            flat = hidden.reshape(P * W, H).index_select(0, sh.rows * W + sh.cols)
+            lp, ent = _head_at(flat, head, sh.targets, t, chunk, with_entropy)
+        if ent is not None and not (entropy_grad and torch.is_grad_enabled()):
+            ent = ent.detach()
+    rows, col = (batch.response_mask.to(lp.device) > 0).nonzero(as_tuple=True)  # the order share() read them in
+    if len(rows) != len(lp):
+        raise ValueError(f"{len(lp)} shared reads for {len(rows)} response tokens: share() the batch after masking")
+    shape = (batch.response_mask.shape[0], batch.response_mask.shape[1])
+    return _scatter(lp, rows, col, shape), None if ent is None else _scatter(ent, rows, col, shape)
 
 
 def _head_logprobs(
@@ -292,15 +341,23 @@ def _head_logprobs(
     flat = hidden.reshape(B * T, H).index_select(0, rows * T + col)  # the predicting positions that are read
     targets = batch.input_ids[rows, col + 1]
     t = temperature if temperature not in (0.0, 1.0) else None
+    lp, ent = _head_at(flat, head, targets, t, chunk, with_entropy)
+    logprobs = _scatter(lp, rows, col, (B, cols))
+    if ent is None:
+        return logprobs, None
+    return logprobs, _scatter(ent if entropy_grad and torch.is_grad_enabled() else ent.detach(), rows, col, (B, cols))
+
+
+def _head_at(
+    flat: torch.Tensor, head: OutputHead, targets: torch.Tensor, t: float | None, chunk: int, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logprob of each target, entropy or None) from hidden rows ``flat`` (N, H), ``chunk`` rows a block."""
     if head.plain_linear:
         linear: Any = head.module
         lp, ent = _ChunkedHeadLogprobs.apply(flat, linear.weight, linear.bias, targets, head, t, chunk, with_entropy)
     else:  # a wrapped head (e.g. LoRA on lm_head): recompute each chunk by checkpointing
         lp, ent = _checkpointed_logprobs(flat, head, targets, t, chunk, with_entropy)
-    logprobs = _scatter(lp, rows, col, (B, cols))
-    if not with_entropy:
-        return logprobs, None
-    return logprobs, _scatter(ent if entropy_grad and torch.is_grad_enabled() else ent.detach(), rows, col, (B, cols))
+    return lp, ent
 
 
 def _scatter(values: torch.Tensor, rows: torch.Tensor, col: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

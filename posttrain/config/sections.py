@@ -203,7 +203,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # checkpoints/step_* kept (the newest); older ones are deleted after each save
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast over fp32 weights
     epochs: float = 0.0  # SFT: > 0 sets max_steps to this many passes over the demonstrations
-    # SFT, GRPO, DPO, rm, distillation: lay short sequences end to end in rows of the longest one's length, not padded
+    # SFT, rm, distillation: lay short sequences end to end in rows of the longest one's length, not padded;
+    # DPO and GRPO: a prompt's responses in one row, the prompt computed once (docs/speed.md)
     packing: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     # tokens per block of the LM head and log-softmax in every loss, reference and held-out NLL pass, so

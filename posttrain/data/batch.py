@@ -13,8 +13,12 @@ column t is the prediction of ``input_ids[:, t+1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from posttrain.data.prefix import SharedRows
 
 
 @dataclass
@@ -25,6 +29,8 @@ class TokenBatch:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token (B, T-1) or per-row (B,)
     # set by ``pack``: several sequences per row, positions restarting at 0 at each one
     position_ids: torch.Tensor | None = None
+    # set by ``posttrain.data.prefix.share``: the rows the forward runs instead, prompts computed once
+    shared: SharedRows | None = None
 
     def to(self, device: torch.device) -> TokenBatch:
         if self.input_ids.device == device:
@@ -35,6 +41,7 @@ class TokenBatch:
             self.response_mask.to(device),
             {k: v.to(device) for k, v in self.extra.items()},
             None if self.position_ids is None else self.position_ids.to(device),
+            None if self.shared is None else self.shared.to(device),
         )
 
     @property
@@ -42,7 +49,7 @@ class TokenBatch:
         return int(self.attention_mask.sum())
 
     def select(self, rows: list[int] | torch.Tensor) -> TokenBatch:
-        assert self.position_ids is None, "select rows before packing"
+        assert self.position_ids is None and self.shared is None, "select rows before packing or sharing"
         idx = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[idx].sum(-1).max()) if len(idx) else 1
         width = max(width, 2)

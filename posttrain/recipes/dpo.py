@@ -23,6 +23,7 @@ from pathlib import Path
 
 from posttrain.algorithms.dpo import REFERENCE_FREE
 from posttrain.config import Config
+from posttrain.data.pairs import preference_layout
 from posttrain.recipes.launch import open_training
 from posttrain.recipes.pairwise import dpo_loss_fn, heldout_metrics, load_pair_data, run_pair_steps, write_heldout
 from posttrain.train import distributed
@@ -47,6 +48,7 @@ def train_offline_dpo(cfg: Config, resume: bool = False) -> Path:
     distributed.check_divisible(cfg.train.batch_size, "train.batch_size")
     train, test = load_pair_data(cfg, tokenizer, max_len, "dpo")
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    layout = preference_layout(cfg.train.packing)
     needs_ref = cfg.dpo.loss not in REFERENCE_FREE
     ref_train = cached_reference_logps(cfg, train, pad) if needs_ref else None
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
@@ -55,13 +57,13 @@ def train_offline_dpo(cfg: Config, resume: bool = False) -> Path:
     loss_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, net, cfg.train.logits_chunk)
     stats = run_pair_steps(
         cfg, "dpo", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, ref_train, net,
-        packing=cfg.train.packing,
+        layout=layout,
     )  # fmt: skip
     if test:
         ref_test = cached_reference_logps(cfg, test, pad) if needs_ref else None
         # every rank evaluates all of it through the model itself (under FSDP a forward is collective)
         held_fn = dpo_loss_fn(model, cfg.dpo, cfg.train.mixed_precision, logits_chunk=cfg.train.logits_chunk)
-        held = heldout_metrics(model, held_fn, test, cfg.train.micro_batch_size, pad, ref_test, cfg.train.packing)
+        held = heldout_metrics(model, held_fn, test, cfg.train.micro_batch_size, pad, ref_test, layout)
         if distributed.is_main():
             write_heldout(out, writer, "dpo", cfg.train.max_steps, held)
         console.print(f"dpo: held-out reward accuracy {held['reward_accuracy']:.3f} on {len(test)} pairs")

@@ -45,7 +45,8 @@ from posttrain.algorithms.rl_batch import (
 )
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config
-from posttrain.data.batch import TokenBatch, packed_micro_batches, sequence_ids
+from posttrain.data.batch import TokenBatch, sequence_ids
+from posttrain.data.prefix import share
 from posttrain.device import precision
 from posttrain.recipes.distill import RLMixing, wants_mixing
 from posttrain.recipes.online import Run, train_online
@@ -218,17 +219,19 @@ def rowwise_logprobs(run: Run, model: Any, batch: TokenBatch) -> torch.Tensor:
 
 
 def update_micro_batches(batch: TokenBatch | None, rows: list[int], cfg: Config) -> tuple[list[TokenBatch], float]:
-    """One update's micro-batches (packed with ``train.packing``) and its loss normaliser.
+    """One update's micro-batches and its loss normaliser.
+
+    With ``train.packing`` each micro-batch's samples of one prompt share a row and the prompt
+    (``posttrain.data.prefix.share``): a group of G samples computes its prompt once, not G times.
 
     Under torchrun this rank may hold no rows: no micro-batches, and the loop pads it.
     """
     if batch is None or not rows:
         return [], 0.0
     mbs = cfg.train.micro_batch_size
+    micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
     if cfg.train.packing:
-        micro = packed_micro_batches(batch.select(rows), mbs)
-    else:
-        micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
+        micro = [share(mb) for mb in micro]
     _, count = LOSS_WEIGHTS[cfg.grpo.loss_agg](batch.response_mask[rows], cfg.sampling.max_new_tokens)
     return micro, count
 

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from posttrain.algorithms.dpo import REFERENCE_FREE
-from posttrain.algorithms.logprobs import token_logprobs
+from posttrain.algorithms.logprobs import response_sums
 from posttrain.algorithms.pairs import build_pairs
 from posttrain.config import Config
-from posttrain.data.pairs import PairBatch, collate_pairs, response_logprobs
+from posttrain.data.pairs import PairBatch, collate_pairs, preference_layout
 from posttrain.device import precision
 from posttrain.errors import ConfigError
 from posttrain.eval.diversity import logprob_rarity, ngram_distance, word_frequency_rarity
@@ -104,8 +104,7 @@ def add_reference(ref: torch.nn.Module, batches: list[PairBatch], mixed_precisio
         device: torch.device = ref.device  # type: ignore[assignment]  # a model, or the LoRA policy's BaseView
         tokens = mb.tokens.to(device)
         with precision(device, mixed_precision):
-            logprobs, _ = token_logprobs(ref, tokens, chunk=logits_chunk)
-        mb.ref_logps = response_logprobs(logprobs, tokens, mb.num_sequences)[0]
+            mb.ref_logps = response_sums(ref, tokens, mb.num_sequences, logits_chunk)[0]
 
 
 class DPOStep:
@@ -162,8 +161,8 @@ class DPOStep:
         mbs = cfg.train.micro_batch_size
         tok = run.tokenizer
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)  # type: ignore[arg-type]
-        packing = cfg.train.packing
-        micro = [collate_pairs(sequences, pairs[i : i + mbs], pad, packing=packing) for i in range(0, len(pairs), mbs)]
+        layout = preference_layout(cfg.train.packing)  # a prompt's samples in one row, the prompt once
+        micro = [collate_pairs(sequences, pairs[i : i + mbs], pad, layout=layout) for i in range(0, len(pairs), mbs)]
         if run.reference is not None:
             add_reference(run.reference, micro, cfg.train.mixed_precision, cfg.train.logits_chunk)
         loss_fn = dpo_loss_fn(run.model, cfg.dpo, cfg.train.mixed_precision, run.net, cfg.train.logits_chunk)

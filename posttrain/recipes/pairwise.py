@@ -23,11 +23,11 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.algorithms.dpo import PairLogps, preference_loss
-from posttrain.algorithms.logprobs import token_logprobs
+from posttrain.algorithms.logprobs import response_sums
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config, DPOConfig
 from posttrain.data.order import step_rows
-from posttrain.data.pairs import EncodedPair, PairBatch, pair_micro_batches, response_logprobs
+from posttrain.data.pairs import EncodedPair, Layout, PairBatch, pair_micro_batches
 from posttrain.data.tokenize import LengthCount, Limit
 from posttrain.device import precision
 from posttrain.errors import ConfigError, DataError
@@ -57,8 +57,7 @@ def dpo_loss_fn(
     def loss_fn(mb: PairBatch) -> LossOutput:
         mb = mb.to(model.device)
         with precision(model.device, mixed_precision):
-            logprobs, _ = token_logprobs(model if net is None else net, mb.tokens, chunk=logits_chunk)
-        seq, lengths = response_logprobs(logprobs, mb.tokens, mb.num_sequences)
+            seq, lengths = response_sums(model if net is None else net, mb.tokens, mb.num_sequences, logits_chunk)
         ref = mb.ref_logps
         p = PairLogps(
             chosen=seq[mb.chosen],
@@ -149,12 +148,12 @@ def run_pair_steps(
     writer: MetricsWriter,
     ref_logps: torch.Tensor | None = None,
     net: torch.nn.Module | None = None,
-    packing: bool = False,
+    layout: Layout = "pad",
 ) -> dict[str, float]:
     """Optimiser steps ``start`` .. ``train.max_steps`` over ``data``; checkpoints under output_dir.
 
-    ``packing``: micro-batches packed (``train.packing``), for a ``loss_fn`` that reads them
-    through ``response_logprobs`` (DPO's) or ``sequence_rewards`` (the reward model's).
+    ``layout``: how micro-batches lay out their sequences (``collate_pairs``), for a ``loss_fn``
+    that reads them: DPO's shares prefixes with ``train.packing``, the reward model's packs.
     """
     bs, mbs = cfg.train.batch_size, cfg.train.micro_batch_size
     steps_per_epoch = len(data) // bs
@@ -171,7 +170,7 @@ def run_pair_steps(
         for step in range(start, cfg.train.max_steps):
             epoch, rows = step_rows(len(data), bs, cfg.seed, step)
             rows = distributed.shard(rows)
-            micro = pair_micro_batches(data, rows, mbs, pad, ref_logps, packing)
+            micro = pair_micro_batches(data, rows, mbs, pad, ref_logps, layout)
             t0 = time.perf_counter()
             trained = model if net is None else net
             stats = optimizer_step(trained, optimizer, scheduler, micro, loss_fn, float(len(rows)), cfg.train.grad_clip)
@@ -200,14 +199,14 @@ def heldout_metrics(
     micro_batch_size: int,
     pad_id: int,
     ref_logps: torch.Tensor | None = None,
-    packing: bool = False,
+    layout: Layout = "pad",
 ) -> dict[str, float]:
-    """The loss and every loss metric over all of ``data``, averaged exactly over pairs (``packing``: as
+    """The loss and every loss metric over all of ``data``, averaged exactly over pairs (``layout``: as
     ``run_pair_steps``)."""
     was_training = model.training
     model.eval()
     loss, sums = 0.0, dict[str, list[float]]()
-    for mb in pair_micro_batches(data, list(range(len(data))), micro_batch_size, pad_id, ref_logps, packing):
+    for mb in pair_micro_batches(data, list(range(len(data))), micro_batch_size, pad_id, ref_logps, layout):
         out = loss_fn(mb)
         loss += float(out.loss_sum)
         for key, (num, den) in out.metrics.items():

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.algorithms.types import LossOutput
 from posttrain.config import Config
-from posttrain.data.pairs import PairBatch
+from posttrain.data.pairs import Layout, PairBatch
 from posttrain.device import precision
 from posttrain.models.io import save_pretrained_atomic
 from posttrain.recipes.common import open_stage
@@ -41,6 +41,7 @@ def rm_loss_fn(model: PreTrainedModel, pad_id: int, mixed_precision: str = "no")
 
     def loss_fn(mb: PairBatch) -> LossOutput:
         mb = mb.to(model.device)
+        assert mb.tokens.shared is None  # padded or packed (train_rm), never prefix-shared
         with precision(model.device, mixed_precision):
             rewards = sequence_rewards(model, mb.tokens, mb.num_sequences, pad_id)
         return bradley_terry_loss(rewards[mb.chosen], rewards[mb.rejected], mb.weights)
@@ -59,12 +60,12 @@ def train_rm(cfg: Config, resume: bool = False) -> Path:
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start if ckpt else None)
     pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     loss_fn = rm_loss_fn(model, pad, cfg.train.mixed_precision)
-    packing = cfg.train.packing
+    layout: Layout = "pack" if cfg.train.packing else "pad"
     stats = run_pair_steps(
-        cfg, "rm", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, packing=packing
+        cfg, "rm", model, tokenizer, train, loss_fn, optimizer, scheduler, start, writer, layout=layout
     )  # fmt: skip
     if test:
-        held = heldout_metrics(model, loss_fn, test, cfg.train.micro_batch_size, pad, packing=packing)
+        held = heldout_metrics(model, loss_fn, test, cfg.train.micro_batch_size, pad, layout=layout)
         write_heldout(out, writer, "rm", cfg.train.max_steps, held)
         console.print(f"rm: held-out pairwise accuracy {held['accuracy']:.3f} on {len(test)} pairs")
     writer.close()

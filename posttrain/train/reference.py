@@ -24,9 +24,9 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
-from posttrain.algorithms.logprobs import token_logprobs
+from posttrain.algorithms.logprobs import response_sums
 from posttrain.config import Config
-from posttrain.data.pairs import EncodedPair, Sequence, flatten_pairs, response_logprobs, sequence_batches
+from posttrain.data.pairs import EncodedPair, Sequence, flatten_pairs, preference_layout, sequence_batches
 from posttrain.device import precision
 from posttrain.models.io import load_model
 from posttrain.models.lora import BaseView, is_lora
@@ -63,17 +63,18 @@ def sequence_logps(
     """Summed response log-probability (S,) of each (prompt ids, response ids) under ``model``, on the CPU.
 
     ``logits_chunk``: ``train.logits_chunk`` (``posttrain.algorithms.logprobs.token_logprobs``);
-    ``packing``: ``train.packing``, each batch's sequences packed instead of padded.
+    ``packing``: ``train.packing``, each batch's responses to one prompt in one row, the prompt and
+    whatever else they begin with computed once (``posttrain.data.prefix``), instead of padded.
     ``advance(rows)`` is called after each batch (``posttrain.train.metrics.phase``).
     """
     was_training = model.training
     model.eval()
     out = []
-    for i, batch in enumerate(sequence_batches(sequences, pad_id, batch_size, model.device, packing)):
-        with precision(model.device, mixed_precision):
-            logprobs, _ = token_logprobs(model, batch, chunk=logits_chunk)
+    layout = preference_layout(packing)
+    for i, batch in enumerate(sequence_batches(sequences, pad_id, batch_size, model.device, layout)):
         n = min(batch_size, len(sequences) - i * batch_size)
-        out.append(response_logprobs(logprobs, batch, n)[0].cpu())
+        with precision(model.device, mixed_precision):
+            out.append(response_sums(model, batch, n, logits_chunk)[0].cpu())
         if advance is not None:
             advance(len(out[-1]))
     model.train(was_training)

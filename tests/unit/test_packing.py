@@ -100,7 +100,7 @@ def test_pack_rows_sums_each_sequence_back_in_its_row() -> None:
         assert row_sums(torch.ones_like(predicted), b, 3).tolist() == [2.0, 1.0, 1.0]
 
 
-def test_packed_dpo_loss_gradient_and_reference_equal_unpacked(tiny_dir) -> None:
+def test_packed_and_prefix_shared_dpo_loss_gradient_and_reference_equal_padded(tiny_dir) -> None:
     from posttrain.config import DPOConfig
     from posttrain.data.pairs import collate_pairs
     from posttrain.recipes.pairwise import dpo_loss_fn
@@ -108,25 +108,28 @@ def test_packed_dpo_loss_gradient_and_reference_equal_unpacked(tiny_dir) -> None
 
     model = load_model(tiny_dir, "float32", "cpu")
     prompts, completions = _rows(seed=3, n=10)
+    prompts = [prompts[i - i % 2] for i in range(10)]  # sequences 2k and 2k + 1 answer one prompt, as a pair's do
+    completions[1] = completions[0][:3] + completions[1]  # and this pair's replies begin alike
     sequences = list(zip(prompts, completions))
     ref = sequence_logps(model, sequences, 0, 4)
-    packed_ref = sequence_logps(model, sequences, 0, 4, packing=True)
+    packed_ref = sequence_logps(model, sequences, 0, 4, packing=True)  # prefix-shared rows
     torch.testing.assert_close(packed_ref, ref, rtol=1e-5, atol=1e-5)
     ref = ref + 0.3 * torch.randn(len(ref), generator=torch.Generator().manual_seed(0))  # not the policy: a margin
     pairs = [(0, 1, 1.0), (2, 3, 0.5), (4, 5, 2.0), (6, 7, 1.0), (8, 9, 1.0), (1, 8, 1.0)]
 
-    def loss_and_grad(packing: bool, chunk: int):
+    def loss_and_grad(layout, chunk: int):
         model.zero_grad()
-        batch = collate_pairs(sequences, pairs, 0, ref, packing)
+        batch = collate_pairs(sequences, pairs, 0, ref, layout)
         out = dpo_loss_fn(model, DPOConfig(beta=0.1), logits_chunk=chunk)(batch)
         out.loss_sum.backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters()])
         return batch, float(out.loss_sum.detach()), out.metrics, grad
 
-    for chunk in (0, 8):  # the full head and the chunked one
-        plain, loss, metrics, grad = loss_and_grad(False, chunk)
-        packed, packed_loss, packed_metrics, packed_grad = loss_and_grad(True, chunk)
-        assert packed.tokens.input_ids.shape[0] < plain.tokens.input_ids.shape[0]  # it did pack
+    for chunk, layout in ((0, "pack"), (8, "pack"), (0, "share"), (8, "share")):  # full and chunked head
+        plain, loss, metrics, grad = loss_and_grad("pad", chunk)
+        packed, packed_loss, packed_metrics, packed_grad = loss_and_grad(layout, chunk)
+        ran = packed.tokens if packed.tokens.shared is None else packed.tokens.shared  # what the forward ran
+        assert ran.input_ids.numel() < plain.tokens.input_ids.numel()  # fewer positions computed
         assert packed_loss == pytest.approx(loss, rel=1e-5)
         assert loss != pytest.approx(6 * 0.6931, rel=1e-3)  # the random reference gave the pairs margins
         for key, (num, den) in metrics.items():
@@ -154,7 +157,7 @@ def test_packed_reward_model_scores_and_gradient_equal_unpacked(tiny_dir, pad_is
 
     def run(packing: bool):
         model.zero_grad()
-        batch = collate_pairs(sequences, pairs, pad, None, packing)
+        batch = collate_pairs(sequences, pairs, pad, None, "pack" if packing else "pad")
         rewards = sequence_rewards(model, batch.tokens, batch.num_sequences, pad)
         out = rm_loss_fn(model, pad)(batch)
         out.loss_sum.backward()
