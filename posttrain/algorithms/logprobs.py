@@ -279,11 +279,19 @@ def chunked_token_logprobs(
     chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` through the chunked head: (B, T-1) logprobs, 0 outside ``response_mask``."""
+    with checked_head(model, _forward_inputs(batch)) as (head, hidden):
+        return _head_logprobs(hidden, head, batch, temperature, with_entropy, entropy_grad, chunk)
+
+
+@contextlib.contextmanager
+def checked_head(model: Any, inputs: dict[str, torch.Tensor]) -> Iterator[tuple[OutputHead, torch.Tensor]]:
+    """The forward of ``inputs`` to the final hidden states, and the head to run over them (checked once
+    against the model's own logits), inside ``head_as_called``: the chunked path's preamble."""
     head = output_head(model)
-    hidden, last_logits = final_hidden(model, _forward_inputs(batch), head)
+    hidden, last_logits = final_hidden(model, inputs, head)
     with head_as_called(model):
         check_head(model, head, hidden[:, -1], last_logits)
-        return _head_logprobs(hidden, head, batch, temperature, with_entropy, entropy_grad, chunk)
+        yield head, hidden
 
 
 def _shared_token_logprobs(
@@ -308,10 +316,7 @@ def _shared_token_logprobs(
         lp = gather_logprobs(logits, sh.targets)
         ent = entropy_from_logits(logits, grad=entropy_grad) if with_entropy else None
     else:
-        head = output_head(model)
-        hidden, last_logits = final_hidden(model, inputs, head)
-        with head_as_called(model):
-            check_head(model, head, hidden[:, -1], last_logits)
+        with checked_head(model, inputs) as (head, hidden):
             P, W, H = hidden.shape
             flat = hidden.reshape(P * W, H).index_select(0, sh.rows * W + sh.cols)
             lp, ent = _head_at(flat, head, sh.targets, t, chunk, with_entropy)

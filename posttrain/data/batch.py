@@ -13,12 +13,37 @@ column t is the prediction of ``input_ids[:, t+1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from posttrain.data.prefix import SharedRows
+
+@dataclass
+class SharedRows:
+    """Rows of prefix-shared groups, and where each sequence's response tokens are read (``posttrain.data.prefix``)."""
+
+    input_ids: torch.Tensor  # (P, W) long, 0 past each row's end
+    attention_mask: torch.Tensor  # (P, 1, W, W) bool: query column attends to key column
+    position_ids: torch.Tensor  # (P, W) long
+    rows: torch.Tensor  # (N,) long: the row of each read, N = all sequences' response tokens
+    cols: torch.Tensor  # (N,) long: the column whose hidden state predicts the read token
+    targets: torch.Tensor  # (N,) long: the token it predicts
+    sequence: torch.Tensor  # (N,) long: the sequence (index into the list given) each read belongs to
+
+    def to(self, device: torch.device) -> SharedRows:
+        if self.input_ids.device == device:
+            return self
+        return SharedRows(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.rows.to(device),
+            self.cols.to(device),
+            self.targets.to(device),
+            self.sequence.to(device),
+        )
+
+    def forward_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
 
 @dataclass

@@ -31,42 +31,13 @@ groups to a row (first-fit decreasing, rows of the longest group's length).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
-from posttrain.data.batch import TokenBatch
+from posttrain.data.batch import SharedRows, TokenBatch
 
 Sequence = tuple[list[int], list[int]]  # (prompt ids, response ids)
-
-
-@dataclass
-class SharedRows:
-    """Rows of prefix-shared groups, and where each sequence's response tokens are read."""
-
-    input_ids: torch.Tensor  # (P, W) long, 0 past each row's end
-    attention_mask: torch.Tensor  # (P, 1, W, W) bool: query column attends to key column
-    position_ids: torch.Tensor  # (P, W) long
-    rows: torch.Tensor  # (N,) long: the row of each read, N = all sequences' response tokens
-    cols: torch.Tensor  # (N,) long: the column whose hidden state predicts the read token
-    targets: torch.Tensor  # (N,) long: the token it predicts
-    sequence: torch.Tensor  # (N,) long: the sequence (index into the list given) each read belongs to
-
-    def to(self, device: torch.device) -> SharedRows:
-        if self.input_ids.device == device:
-            return self
-        return SharedRows(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.position_ids.to(device),
-            self.rows.to(device),
-            self.cols.to(device),
-            self.targets.to(device),
-            self.sequence.to(device),
-        )
-
-    def forward_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
 
 def _common_prefix(seqs: list[list[int]], prompt: int) -> int:
