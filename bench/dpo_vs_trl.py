@@ -8,7 +8,9 @@ per second = pairs / wall time of the whole training job on each side: loading
 the model, tokenising the pairs, the reference log-probabilities (TRL computes
 them in every step, posttrain once up front, cached on disk; the cache starts
 empty so the measure includes computing it), the steps and saving the trained
-model. Each engine's peak resident memory is reported too. ``--packing`` packs
+model. Both train on every pair (posttrain's ``data.heldout_fraction=0``: no held-out
+split and no held-out pass, which TRL's side does not run either). Each engine's
+peak resident memory is reported too. ``--packing`` packs
 posttrain's pairs (``train.packing``); TRL 1.x's DPOTrainer turns its
 ``padding_free`` off ("temporarily unavailable after a refactor"), so TRL pads
 either way. Run in the benchmark environment:
@@ -66,7 +68,7 @@ def run_posttrain(a: argparse.Namespace) -> dict[str, float]:
         f"model.path={a.model}", "data.task=jsonl", f"data.path={data}", "data.chat_template=off", f"output_dir={out}",
         f"train.max_steps={a.steps}", f"train.batch_size={a.batch}", f"train.micro_batch_size={a.batch}",
         f"optim.lr={LR}", "dpo.loss=sigmoid", f"dpo.beta={BETA}", f"dpo.cache_dir={out / 'ref'}",
-        f"train.packing={a.packing}", *extra, *a.set,
+        f"train.packing={a.packing}", "data.heldout_fraction=0", *extra, *a.set,
     ])  # fmt: skip
     start = time.perf_counter()  # train_dpo loads, tokenises, computes the reference, trains and saves
     train_dpo(cfg)

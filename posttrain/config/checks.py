@@ -106,6 +106,7 @@ def _validate_data(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
         "must be a non-empty string of + - *",
     )
     need(0 < a.test_fraction < 1, "data.arithmetic.test_fraction", "must be in (0, 1)")
+    need(0 <= cfg.data.heldout_fraction < 1, "data.heldout_fraction", "must be in [0, 1)")
     need(0 <= a.direct_fraction <= 1, "data.arithmetic.direct_fraction", "must be in [0, 1]")
     need(
         cfg.data.task != "jsonl" or cfg.data.path is not None,

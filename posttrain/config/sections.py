@@ -158,6 +158,9 @@ class DataConfig:
     task: Literal["arithmetic", "jsonl", "judge", "aggregation", "mixed_decoding"] = "arithmetic"
     path: str | None = None  # jsonl task: JSONL, Parquet or a datasets directory
     eval_path: str | None = None  # jsonl task: held-out file; default splits `path`
+    # without eval_path (or a test split in `path`): the share of its prompts held out, by a stable hash of each;
+    # 0 trains on every row and skips the held-out pass (dpo, rm); a jsonl task's evaluation then needs eval_path
+    heldout_fraction: float = 0.1
     # jsonl task: the row shape, and the answer checker (auto: plain, gsm8k -> last_number,
     # math -> math_verify, mc -> choice); see posttrain/tasks/formats.py
     format: Literal["plain", "gsm8k", "math", "mc"] = "plain"

@@ -114,9 +114,11 @@ def load_pair_data(
             field="data.path",
         )
     if is_pool_file(path):  # scored response pools: pairs by dpo.pairs (random, best_worst, divpo)
-        splits = load_pool_pairs(path, cfg.data.eval_path, cfg.dpo, cfg.seed, pool_embedder(cfg))
+        splits = load_pool_pairs(
+            path, cfg.data.eval_path, cfg.dpo, cfg.seed, pool_embedder(cfg), cfg.data.heldout_fraction
+        )
     else:
-        splits = load_preferences(path, cfg.data.eval_path)
+        splits = load_preferences(path, cfg.data.eval_path, cfg.data.heldout_fraction)
     # a pair with chosen == rejected teaches nothing: dropped and counted, refused when all are
     splits = {k: distinct_pairs(v, path if k == "train" else cfg.data.eval_path or path) for k, v in splits.items()}
     if cfg.data.length_instructions.enabled:  # LIFT: length-instructed copies of the training pairs

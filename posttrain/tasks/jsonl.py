@@ -74,8 +74,8 @@ class JsonlTask:
         train_on: TrainOn = "all_assistant",  # {messages} rows: which assistant turns SFT trains
         whole_file: bool = False,  # evaluation: without eval_path, every row of path is a test row
     ) -> None:
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if not 0 <= test_fraction < 1:
+            raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
         self.path = str(path)
         self.eval_path = None if eval_path is None else str(eval_path)
         self.test_file = self.eval_path or self.path  # where the test split's rows come from
@@ -108,7 +108,7 @@ class JsonlTask:
             # a run that trains or evaluates on nothing would report meaningless numbers
             total = sum(len(r) for r in self._splits.values())
             raise DataError(
-                f"the {split} split is empty ({total} row{'s' if total != 1 else ''}, test_fraction={self.test_fraction}): "
+                f"the {split} split is empty ({total} row{'s' if total != 1 else ''}, data.heldout_fraction={self.test_fraction}): "
                 "add rows or give a held-out file (data.eval_path)",
                 file=self.path,
             )

@@ -145,7 +145,7 @@ def pairs_of_pools(
 
 
 def load_pool_pairs(
-    path: str, eval_path: str | None, d: DPOConfig, seed: int, embed: Embed | None = None
+    path: str, eval_path: str | None, d: DPOConfig, seed: int, embed: Embed | None = None, test_fraction: float = 0.1
 ) -> dict[Split, list[PreferencePair]]:
     """Train and held-out pairs built from the pools of ``path`` (and ``eval_path``), skips said in one line."""
     skipped: dict[str, int] = {}
@@ -156,7 +156,7 @@ def load_pool_pairs(
             skipped[k] = skipped.get(k, 0) + v
         return pairs
 
-    splits = load_splits(path, eval_path, 0.1, records, lambda p: p.prompt)
+    splits = load_splits(path, eval_path, test_fraction, records, lambda p: p.prompt)
     if any(skipped.values()):
         said = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v)
         console.print(f"dpo: pools without a {d.pairs} pair skipped: {said}", markup=False, highlight=False)

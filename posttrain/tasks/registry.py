@@ -86,6 +86,7 @@ def make_task(data: DataConfig, tokenizer: Any = None, whole_file: bool = False)
             data.path,
             verifier=data.verifier,
             eval_path=data.eval_path,
+            test_fraction=data.heldout_fraction,
             format=data.format,
             train_on=data.train_on,
             whole_file=whole_file,

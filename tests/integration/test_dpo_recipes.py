@@ -198,6 +198,19 @@ def test_online_dpo_resume_equals_uninterrupted(
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
 
 
+def test_offline_dpo_without_a_heldout_split_trains_on_every_pair(
+    tmp_path: Path, tiny_dir: Path, prefs: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    extra = (f"data.path={prefs}", "train.max_steps=2", "data.heldout_fraction=0")
+    dpo_recipe.train_dpo(cfg_for(tmp_path, tiny_dir, "a", *extra))
+    said = capfd.readouterr().err
+    rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert not (tmp_path / "a" / "heldout.json").exists()
+    assert [r["step"] for r in rows] == [1, 2] and not any(k.startswith("heldout_") for r in rows for k in r)
+    assert "dpo: 2 steps on 96 pairs" in said  # the whole file; the default split holds about a tenth out
+    assert rows[0]["loss"] == pytest.approx(LN2, abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def reward_model(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, prefs: Path) -> Path:
     out = tmp_path_factory.mktemp("rm")

@@ -201,6 +201,8 @@ def test_validate_refuses_a_non_finite_float_built_in_code() -> None:
         ("optim.eps=0", "optim.eps: must be > 0"),
         ("optim.weight_decay=-0.01", "optim.weight_decay: must be >= 0"),
         ("train.save_every=-1", "train.save_every: must be >= 0 (0 saves only at the end)"),
+        ("data.heldout_fraction=1", "data.heldout_fraction: must be in [0, 1)"),
+        ("data.heldout_fraction=-0.1", "data.heldout_fraction: must be in [0, 1)"),
     ],
 )
 def test_optimiser_and_checkpoint_ranges(override: str, message: str) -> None:

@@ -207,7 +207,12 @@ def test_test_fraction(tmp_path: Path) -> None:
     task = JsonlTask(write_jsonl(tmp_path / "qa.jsonl", qa_rows(1000)), test_fraction=0.5)
     assert 400 <= len(task.examples("test", None, 0)) <= 600
     with pytest.raises(ValueError, match="test_fraction"):
-        JsonlTask(str(tmp_path / "qa.jsonl"), test_fraction=0.0)
+        JsonlTask(str(tmp_path / "qa.jsonl"), test_fraction=1.0)
+    # 0 (data.heldout_fraction=0): every row trains; asking for the empty test split says so
+    every = JsonlTask(str(tmp_path / "qa.jsonl"), test_fraction=0.0)
+    assert len(every.examples("train", None, 0)) == 1000
+    with pytest.raises(DataError, match=r"test split is empty \(1000 rows, data.heldout_fraction=0.0\)"):
+        every.examples("test", None, 0)
 
 
 def test_eval_path_is_the_test_split(tmp_path: Path) -> None:
@@ -243,7 +248,10 @@ def test_empty_split_is_an_error(tmp_path: Path) -> None:
             errors.append(str(err))
     assert len(errors) == 1
     assert errors[0].startswith(f"{path}: the ")
-    assert "split is empty (1 row, test_fraction=0.1): add rows or give a held-out file (data.eval_path)" in errors[0]
+    assert (
+        "split is empty (1 row, data.heldout_fraction=0.1): add rows or give a held-out file (data.eval_path)"
+        in errors[0]
+    )
 
 
 def test_verify(tmp_path: Path) -> None:

@@ -50,6 +50,9 @@ def test_parquet_and_hash_split(tmp_path: Path) -> None:
     assert 5 <= len(splits["test"]) <= 40  # ~10% held out by a stable hash of the prompt
     assert not {p.prompt for p in splits["train"]} & {p.prompt for p in splits["test"]}
     assert load_preferences(str(path)) == splits  # the same split every time
+    every = load_preferences(str(path), test_fraction=0.0)  # data.heldout_fraction=0: nothing held out
+    assert (len(every["train"]), every["test"]) == (200, [])
+    assert load_preferences(str(path), test_fraction=0.5)["test"] != splits["test"]
 
 
 def test_encoding_shares_the_prompt_and_ends_in_eos() -> None:
