@@ -13,7 +13,9 @@ decode reads every weight once a token (weight bytes / measured copy
 bandwidth), at a large batch the matmuls limit (measured matmul peak / 2 FLOPs
 per parameter); batch b's bound is the smaller of b times the first and the
 second (``common.decode_bounds``). ``--engine-dtype bfloat16`` adds posttrain's
-sampler decoding from a bf16 copy (``engine.dtype``), against bf16 bounds.
+sampler decoding from a bf16 copy (``engine.dtype``) and ``generate`` on a bf16 copy of
+the model, against bf16 bounds; each row's "vs generate" is against ``generate`` in the
+row's own dtype.
 
     python bench/generation.py                   # CPU, batches 1, 16, 64
     python bench/generation.py --model smollm2 --engine-dtype bfloat16 --threads 2
@@ -23,6 +25,7 @@ sampler decoding from a bf16 copy (``engine.dtype``), against bf16 bounds.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -117,6 +120,7 @@ def main() -> None:
     p.add_argument(
         "--engine-dtype", choices=["bfloat16"], help="also run posttrain's sampler from a copy in this dtype"
     )
+    p.add_argument("--no-generic", action="store_true", help="skip posttrain's generic (HF cache) path")
     p.add_argument("--json", help="also write every row and the bounds to this file")
     p.add_argument("--size", type=int, nargs=4, metavar=("HIDDEN", "LAYERS", "HEADS", "MLP"),
                    help="build a random-init Llama of this shape instead of the quickstart's")  # fmt: skip
@@ -132,15 +136,17 @@ def main() -> None:
     device = model.device
     prompts_all = prompt_ids(tok, max(args.batches), args.gsm8k)
     batch_size = max(args.batches)
-    engines = {
-        "posttrain": TorchEngine(model, tok, batch_size=batch_size),
-        "posttrain (generic path)": TorchEngine(model, tok, batch_size=batch_size, fast=False),
-    }
+    engines = {"posttrain": TorchEngine(model, tok, batch_size=batch_size)}
+    if not args.no_generic:
+        engines["posttrain (generic path)"] = TorchEngine(model, tok, batch_size=batch_size, fast=False)
+    generators = {torch.float32: (GENERATE, model)}  # generate in each dtype the engines sample in
     dtypes = {name: torch.float32 for name in [*engines, GENERATE]}
     if args.engine_dtype:
+        low = getattr(torch, args.engine_dtype)
         name = f"posttrain ({args.engine_dtype})"
         engines[name] = TorchEngine(model, tok, batch_size=batch_size, dtype=args.engine_dtype)
-        dtypes[name] = getattr(torch, args.engine_dtype)
+        generators[low] = (f"{GENERATE} ({args.engine_dtype})", copy.deepcopy(model).to(low))
+        dtypes[name] = dtypes[generators[low][0]] = low
     bandwidth = copy_bandwidth() if device.type == "cpu" else float("nan")
     bounds = {dt: bounds_for(model, dt, device.type, bandwidth) for dt in set(dtypes.values())}
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
@@ -151,16 +157,16 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         prompts = prompts_all[:batch]
-        runs: dict[str, list[float]] = {name: [] for name in [*engines, GENERATE]}
+        runs: dict[str, list[float]] = {name: [] for name in [*engines, *(n for n, _ in generators.values())]}
         for r in range(args.repeats + 1):  # the first round warms up and is dropped
             for name, eng in engines.items():
                 sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=r)
                 runs[name].append(timed(partial(engine_tokens, eng, prompts, sp), device))
-            hf = partial(hf_generate, model, tok, prompts, args.max_new_tokens, r)
-            runs[GENERATE].append(timed(hf, device))
-        base = statistics.median(runs[GENERATE][1:])
+            for name, hf_model in generators.values():
+                runs[name].append(timed(partial(hf_generate, hf_model, tok, prompts, args.max_new_tokens, r), device))
         for name, rates in runs.items():
             med = statistics.median(rates[1:])
+            base = statistics.median(runs[generators[dtypes[name]][0]][1:])
             of_bound = med / decode_bound(batch, bounds[dtypes[name]])
             rows.append({"batch": batch, "engine": name, "tokens_per_s": med, "vs_generate": med / base,
                          "of_bound": of_bound, "dtype": str(dtypes[name]).removeprefix("torch.")})  # fmt: skip

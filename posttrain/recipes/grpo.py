@@ -43,7 +43,7 @@ from posttrain.algorithms.rl_batch import (
     rl_batch,
     rl_rewards,
 )
-from posttrain.algorithms.types import LossOutput
+from posttrain.algorithms.types import LossOutput, masked_sum
 from posttrain.config import Config
 from posttrain.data.batch import TokenBatch, sequence_ids
 from posttrain.data.prefix import share
@@ -64,6 +64,9 @@ class GRPOStep:
         self.needs_reference = cfg.grpo.kl_coef > 0
         # KDRL, CHORD, LUFFY, Prefix-RFT (posttrain.recipes.distill); None: plain GRPO
         self.mix = RLMixing(cfg) if wants_mixing(cfg) else None
+        # a sampler in another dtype (engine.dtype) with one optimiser step per batch: pi_old is the trainer
+        # before that step, so the update's own forward gives it (detached), not an extra no-grad pass
+        self.old_from_update = samples_in_other_dtype(cfg) and self.optimizer_steps(cfg) == 1 and self.mix is None
 
     def sampler(self, run: Run, it: int, engine: Any) -> Any:
         """The engine of iteration ``it``: the loop's, or Prefix-RFT's wrapper around it."""
@@ -101,8 +104,8 @@ class GRPOStep:
         if kept is not None and self.mix is not None:
             rows = [i for i in range(len(groups.completions)) if keep[i // groups.group_size]]
             self.mix.annotate(run, kept, rows, rewards, off_len, groups)
-        if kept is not None and samples_in_other_dtype(cfg):  # engine.dtype: the ratio compares the trainer with itself
-            extra.update(recompute_old_logprobs(run, kept))
+        if kept is not None and samples_in_other_dtype(cfg) and not self.old_from_update:
+            extra.update(recompute_old_logprobs(run, kept))  # engine.dtype: the ratio compares the trainer with itself
         dropped = 1.0 - float(keep.float().mean())
         if distributed.active():
             n_groups, n_dropped = distributed.all_sum([len(keep), dropped * len(keep)])
@@ -151,8 +154,9 @@ class GRPOStep:
             if self.mix is not None and "sft_scale" in mb.extra:  # a CHORD demonstration micro-batch
                 return self.mix.sft_loss(mb, logprobs)
             rl = mb if self.mix is None else self.mix.on_policy(mb)  # off-policy tokens: LUFFY's term instead
+            old = logprobs.detach() if self.old_from_update else mb.extra["old_logprobs"]
             out = rl_loss(
-                policy_loss=g.policy_loss, logprobs=logprobs, old_logprobs=mb.extra["old_logprobs"],
+                policy_loss=g.policy_loss, logprobs=logprobs, old_logprobs=old,
                 advantages=mb.extra["advantages"], response_mask=rl.response_mask, weights=rl.extra["weights"],
                 seq_ids=sequence_ids(mb) if g.policy_loss == "gspo" else None,
                 clip_low=g.clip_low, clip_high=g.clip_high, gspo_clip_low=g.gspo_clip_low,
@@ -160,6 +164,9 @@ class GRPOStep:
                 kl_coef=g.kl_coef if g.kl_in == "loss" else 0.0, kl_estimator=g.kl_estimator,
                 entropy=entropy, entropy_coef=g.entropy_coef,
             )  # fmt: skip
+            if self.old_from_update:  # what recompute_old_logprobs reports, from this forward
+                sampler, mask = mb.extra["old_logprobs"], mb.response_mask
+                out.metrics["sampler_logprob_gap"] = (masked_sum((sampler - old).abs(), mask), float(mask.sum()))
             return out if self.mix is None else self.mix.add_terms(out, mb, logprobs)
 
         return loss
@@ -180,6 +187,9 @@ def samples_in_other_dtype(cfg: Config) -> bool:
 @torch.no_grad()
 def recompute_old_logprobs(run: Run, batch: TokenBatch) -> dict[str, float]:
     """The trainer's own logprobs become ``old_logprobs``; the sampler's mean gap to them is returned.
+
+    Used when a batch makes more than one optimiser step; with one, the step's own forward
+    gives the same values (``GRPOStep.old_from_update``).
 
     The importance ratio pi_theta / pi_old (PPO, Schulman et al. 2017, eq. 6) must
     compare the policy with itself: sampled in bf16 (``engine.dtype=bfloat16``), the
@@ -206,13 +216,14 @@ def rowwise_logprobs(run: Run, model: Any, batch: TokenBatch) -> torch.Tensor:
     ref, cfg = model, run.cfg
     rows, chunk = list(range(len(batch.input_ids))), cfg.train.micro_batch_size
     temperature = cfg.sampling.temperature or 1.0
+    micro = [batch.select(rows[s : s + chunk]) for s in range(0, len(rows), chunk)]
+    if cfg.train.packing:  # each prompt once, as in the update (update_micro_batches)
+        micro = [share(mb) for mb in micro]
     # under FSDP with LoRA the reference is the sharded policy: ranks run unequal forwards
     with precision(run.model.device, cfg.train.mixed_precision), distributed.full_weights(run.model):
         parts = [
-            token_logprobs(
-                ref, batch.select(rows[s : s + chunk]).to(run.model.device), temperature, chunk=cfg.train.logits_chunk
-            )[0].cpu()
-            for s in range(0, len(rows), chunk)
+            token_logprobs(ref, mb.to(run.model.device), temperature, chunk=cfg.train.logits_chunk)[0].cpu()
+            for mb in micro
         ]
     width = batch.response_mask.shape[1]
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])

@@ -26,7 +26,8 @@ Sampling dtype (``engine.dtype``): ``bfloat16`` samples from a bf16 copy of
 ``model``, refreshed from it at every ``generate`` call (one cast copy of the
 weights), while ``model`` itself, the trainer's, stays fp32. Its logprobs then
 differ from the trainer's by bf16 rounding (tested to a stated tolerance), so GRPO
-recomputes ``old_logprobs`` with the trainer before its update
+takes ``old_logprobs`` from the trainer: from its update's own forward when a batch
+makes one optimiser step, else recomputed before the steps
 (``posttrain.recipes.grpo.recompute_old_logprobs``).
 """
 

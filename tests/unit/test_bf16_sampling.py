@@ -3,7 +3,8 @@
 The sampler's logprobs agree with the trainer's fp32 recomputation to within bf16
 rounding (stated below); the trainer's weights stay fp32 and untouched; the copy
 follows the trainer's updates; and GRPO's importance ratio compares the trainer
-with itself (``old_logprobs`` recomputed), so its first update's ratio is 1.
+with itself (``old_logprobs`` from the update's own forward when a batch makes one
+optimiser step, recomputed before the steps otherwise), so its first update's ratio is 1.
 """
 
 from __future__ import annotations
@@ -78,17 +79,40 @@ def test_same_dtype_samples_from_the_model_itself(tiny_dir: Path) -> None:
     assert TorchEngine(model, char_tokenizer(), dtype="float32").sampling_model() is model
 
 
-def test_grpo_with_a_bf16_sampler_recomputes_old_logprobs(tmp_path: Path, tiny_dir: Path) -> None:
-    cfg = load_config(None, [*FAST, f"output_dir={tmp_path / 'g'}", f"model.path={tiny_dir}", "train.max_steps=2",
+def bf16_grpo(out: Path, tiny_dir: Path, *extra: str) -> list[dict]:
+    cfg = load_config(None, [*FAST, f"output_dir={out}", f"model.path={tiny_dir}", "train.max_steps=2",
                              "engine.dtype=bfloat16", "grpo.drop_uniform_groups=false", "grpo.overlong=penalty",
-                             "grpo.overlong_reward=-1.0", "optim.lr=1e-3"])  # fmt: skip
+                             "grpo.overlong_reward=-1.0", "optim.lr=1e-3", *extra])  # fmt: skip
     grpo_recipe.train_grpo(cfg)
-    records = read_metrics(tmp_path / "g" / "metrics.jsonl")
+    return read_metrics(out / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("extra", [(), ("grpo.minibatches=2",)], ids=["one step a batch", "two minibatches"])
+def test_grpo_with_a_bf16_sampler_recomputes_old_logprobs(tmp_path: Path, tiny_dir: Path, extra: tuple) -> None:
+    # one optimiser step a batch: pi_old comes from the update's own forward; two: from a no-grad pass before them
+    records = bf16_grpo(tmp_path / "g", tiny_dir, *extra)
     first = records[0]
     assert 0 < first["sampler_logprob_gap"] < BF16_MEAN_GAP  # the sampler's own logprobs were bf16's
     assert first["ratio"] == pytest.approx(1.0, abs=1e-6)  # but the ratio is the trainer's against itself
     assert first["logprob_gap"] == pytest.approx(0.0, abs=1e-6)
     assert all(r["loss"] is not None for r in records)
+
+
+def test_old_logprobs_from_the_update_equal_the_extra_pass(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = bf16_grpo(tmp_path / "a", tiny_dir)
+    init = grpo_recipe.GRPOStep.__init__
+
+    def recomputing(self: grpo_recipe.GRPOStep, cfg: object) -> None:
+        init(self, cfg)  # type: ignore[arg-type]
+        assert self.old_from_update
+        self.old_from_update = False  # the no-grad pass of recompute_old_logprobs instead
+
+    monkeypatch.setattr(grpo_recipe.GRPOStep, "__init__", recomputing)
+    b = bf16_grpo(tmp_path / "b", tiny_dir)
+    for key in ("loss", "ratio", "sampler_logprob_gap", "reward"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-5, abs=1e-7), key
 
 
 def test_a_sampling_dtype_on_another_engine_is_refused() -> None:

@@ -92,3 +92,23 @@ def test_online_dpo_with_packing_takes_the_same_first_steps(tmp_path, tiny_dir) 
     for key in ("loss", "reward_margin", "chosen_logps"):
         got = [r.get(key) for r in packed]
         assert got == pytest.approx([r.get(key) for r in plain], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("micro", [4, 16])
+def test_grpo_reference_pass_shares_the_prompt_with_packing(tiny_dir, micro) -> None:
+    from types import SimpleNamespace
+
+    from posttrain.config import load_config
+    from posttrain.recipes.grpo import rowwise_logprobs
+
+    model = load_model(tiny_dir, "float32", "cpu")
+    sequences = _groups(seed=3)
+    batch = collate([p for p, _ in sequences], [c for _, c in sequences], 0)
+    got = {}
+    for packing in ("false", "true"):
+        cfg = load_config(None, [f"train.packing={packing}", f"train.micro_batch_size={micro}", "train.logits_chunk=4"])
+        got[packing] = rowwise_logprobs(SimpleNamespace(cfg=cfg, model=model), model, batch)
+    assert got["true"].shape == got["false"].shape == batch.response_mask.shape
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(got["true"][mask], got["false"][mask], rtol=1e-5, atol=1e-5)
+    assert got["true"][~mask].abs().max() == 0  # prompt and padding positions stay 0, as padded
