@@ -4,7 +4,9 @@ Same SFT checkpoint (default: the quickstart's, `runs/quickstart/sft/final`),
 same prompts distribution, 16 prompts x 8 samples per step, max 48 new tokens,
 T = 1, lr 5e-5 constant, Adam betas (0.9, 0.99), grad clip 1, no KL, group std
 normalisation, token-level loss over the batch (TRL's "dapo"), truncated
-completions masked, one update per batch, fp32, same thread count. Each engine
+completions masked (``--keep-truncated``: kept in the loss on both sides), one
+update per batch, fp32 (``--bf16``: bf16 mixed precision on both sides; posttrain
+also samples from a bf16 copy), same thread count. Each engine
 runs in its own process, alternating. Seconds per step: TRL's time between
 step begin and end (generation, scoring and update); posttrain's generation
 plus update time of each iteration; and each engine's peak resident memory. Run
@@ -47,10 +49,14 @@ class Settings:
     lr: float = LR
     gsm8k: str | None = None
     checkpointing: bool = False  # TRL's gradient_checkpointing (posttrain's comes through --set)
+    keep_truncated: bool = False  # truncated completions stay in the loss (default: masked on both sides)
+    bf16: bool = False  # bf16 mixed precision on both sides (TRL's bf16; posttrain's below)
 
     @staticmethod
     def of(a: argparse.Namespace) -> Settings:
-        return Settings(a.prompts, a.samples, a.max_new_tokens, a.lr, a.gsm8k, a.gradient_checkpointing)
+        return Settings(
+            a.prompts, a.samples, a.max_new_tokens, a.lr, a.gsm8k, a.gradient_checkpointing, a.keep_truncated, a.bf16
+        )
 
 
 def gsm8k_prompts(model: str, s: Settings, steps: int) -> list[dict[str, str]]:
@@ -75,11 +81,13 @@ def train_posttrain(
         task = ["data.task=jsonl", f"data.path={data}", "data.chat_template=off"]
     else:
         task = [f"data.arithmetic.num_operands={TASK.num_operands}", f"data.arithmetic.digits={TASK.digits}"]
+    if s.bf16:  # fp32 weights, bf16 matmuls in the update, sampling from a bf16 copy
+        task += ["train.mixed_precision=bf16", "engine.dtype=bfloat16"]
     cfg = load_config(None, [
         f"model.path={model}", f"output_dir={out}", f"train.max_steps={steps}", "train.micro_batch_size=128",
         f"optim.lr={s.lr}", "optim.beta2=0.99", f"rollout.prompts_per_step={s.prompts}",
         f"rollout.samples_per_prompt={s.samples}", f"sampling.max_new_tokens={s.max_new}",
-        "grpo.drop_uniform_groups=false", "grpo.overlong=mask", *task, f"train.packing={packing}", *(extra or []),
+        "grpo.drop_uniform_groups=false", f"grpo.overlong={'none' if s.keep_truncated else 'mask'}", *task, f"train.packing={packing}", *(extra or []),
     ])  # fmt: skip
     train_grpo(cfg)
     return out
@@ -121,8 +129,8 @@ def train_trl(model: str, steps: int, callbacks: list[Any], s: Settings = Settin
         output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=s.prompts * s.samples,
         num_generations=s.samples, max_completion_length=s.max_new, temperature=1.0, top_p=1.0, learning_rate=s.lr,
         lr_scheduler_type="constant", adam_beta2=0.99, max_grad_norm=1.0, beta=0.0, loss_type="dapo", scale_rewards="group",
-        mask_truncated_completions=True, num_iterations=1, use_cpu=True, report_to=[], save_strategy="no",
-        logging_steps=1, seed=0, gradient_checkpointing=s.checkpointing,
+        mask_truncated_completions=not s.keep_truncated, num_iterations=1, use_cpu=True, report_to=[], save_strategy="no",
+        logging_steps=1, seed=0, gradient_checkpointing=s.checkpointing, bf16=s.bf16,
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[reward], args=args,
@@ -151,6 +159,9 @@ def main() -> None:
         p.add_argument("--gsm8k", help="GSM8K train.jsonl: its questions as prompts instead of arithmetic")
         # posttrain's train.packing; TRL's GRPOTrainer has no padding-free update to match it with
         p.add_argument("--packing", action="store_true")
+        # masked, a truncated sample adds nothing to the gradient: posttrain does not run it, TRL does
+        p.add_argument("--keep-truncated", action="store_true", help="truncated completions stay in both losses")
+        p.add_argument("--bf16", action="store_true", help="bf16 mixed precision on both sides (TRL's bf16=True)")
 
     done = side_by_side(
         {
@@ -166,7 +177,8 @@ def main() -> None:
     data = "GSM8K" if args.gsm8k else "arithmetic"
     print(f"{versions()}; threads {args.threads}; model {args.model_name}; {data} prompts")
     print(f"{args.rounds} rounds of {args.steps} steps (first {args.warmup} dropped) of {args.prompts} prompts x "
-          f"{args.samples} samples x {args.max_new_tokens} new tokens; packing {args.packing}")  # fmt: skip
+          f"{args.samples} samples x {args.max_new_tokens} new tokens; packing {args.packing}; "
+          f"truncated {'kept' if args.keep_truncated else 'masked'}; {'bf16 mixed' if args.bf16 else 'fp32'}")  # fmt: skip
     print("| engine | seconds per step (median) | mean reward per step | peak resident MiB |\n|---|---|---|---|")
     for name, label in (("posttrain", "posttrain"), ("trl", "TRL GRPOTrainer")):
         print(f"| {label} | {median(runs[name], 'seconds_per_step'):.3f} | {median(runs[name], 'reward'):.3f} "
