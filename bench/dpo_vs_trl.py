@@ -10,7 +10,8 @@ them in every step, posttrain once up front, cached on disk; the cache starts
 empty so the measure includes computing it), the steps and saving the trained
 model. Both train on every pair (posttrain's ``data.heldout_fraction=0``: no held-out
 split and no held-out pass, which TRL's side does not run either). Each engine's
-peak resident memory is reported too. ``--packing`` packs
+peak resident memory is reported too. ``--bf16``: bf16 mixed precision on both sides
+(posttrain's ``train.mixed_precision=bf16``, TRL's ``bf16=True``). ``--packing`` packs
 posttrain's pairs (``train.packing``); TRL 1.x's DPOTrainer turns its
 ``padding_free`` off ("temporarily unavailable after a refactor"), so TRL pads
 either way. Run in the benchmark environment:
@@ -64,6 +65,7 @@ def run_posttrain(a: argparse.Namespace) -> dict[str, float]:
     data = write_jsonl(Path(a.root) / "pairs.jsonl", rows)
     out = Path(tempfile.mkdtemp())
     extra = [f"train.max_seq_len={a.max_seq_len}"] if a.max_seq_len else []
+    extra += ["train.mixed_precision=bf16"] if a.bf16 else []
     cfg = load_config(None, [
         f"model.path={a.model}", "data.task=jsonl", f"data.path={data}", "data.chat_template=off", f"output_dir={out}",
         f"train.max_steps={a.steps}", f"train.batch_size={a.batch}", f"train.micro_batch_size={a.batch}",
@@ -87,7 +89,7 @@ def run_trl(a: argparse.Namespace) -> dict[str, float]:
         output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=LR, lr_scheduler_type="constant", beta=BETA, loss_type="sigmoid", use_cpu=True,
         report_to=[], save_strategy="no", logging_steps=len(rows), dataloader_num_workers=0, seed=0, **length,
-        gradient_checkpointing=a.gradient_checkpointing,
+        gradient_checkpointing=a.gradient_checkpointing, bf16=a.bf16,
     )  # fmt: skip
     trainer = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(a.model), args=args, train_dataset=Dataset.from_list(rows),
@@ -104,6 +106,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, help="both engines' length limit (default: each one's own)")
     p.add_argument("--gsm8k", help="GSM8K train.jsonl: pairs from its worked solutions instead of arithmetic")
     p.add_argument("--packing", action="store_true", help="posttrain's train.packing (TRL 1.x's DPO pads regardless)")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision on both sides (TRL's bf16=True)")
 
 
 def main() -> None:
@@ -113,7 +116,7 @@ def main() -> None:
     args, runs = done
     data = "GSM8K" if args.gsm8k else "arithmetic"
     print(f"{versions()}; threads {args.threads}; model {args.model_name}")
-    packed = "; posttrain packed" if args.packing else ""
+    packed = ("; posttrain packed" if args.packing else "") + ("; bf16 mixed precision" if args.bf16 else "")
     print(f"{args.rounds} rounds of {args.steps * args.batch} {data} pairs, {args.batch} a step{packed}")
     print("| engine | pairs/s (median) | peak resident MiB |\n|---|---|---|")
     for name, label in (("posttrain", "posttrain"), ("trl", "TRL DPOTrainer")):
