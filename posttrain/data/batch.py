@@ -12,7 +12,7 @@ column t is the prediction of ``input_ids[:, t+1]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -32,15 +32,7 @@ class SharedRows:
     def to(self, device: torch.device) -> SharedRows:
         if self.input_ids.device == device:
             return self
-        return SharedRows(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.position_ids.to(device),
-            self.rows.to(device),
-            self.cols.to(device),
-            self.targets.to(device),
-            self.sequence.to(device),
-        )
+        return SharedRows(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def forward_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}

@@ -1,4 +1,4 @@
-"""Responses to one prompt in one row, their shared prefix computed once (DPO with ``train.packing``).
+"""Responses to one prompt in one row, their shared prefix computed once (DPO, GRPO with ``train.packing``).
 
 A preference pair's chosen and rejected responses answer the same prompt, and often
 begin alike too; padded or packed, the forward pass computes that common prefix
