@@ -15,7 +15,8 @@ per parameter); batch b's bound is the smaller of b times the first and the
 second (``common.decode_bounds``). ``--engine-dtype bfloat16`` adds posttrain's
 sampler decoding from a bf16 copy (``engine.dtype``) and ``generate`` on a bf16 copy of
 the model, against bf16 bounds; each row's "vs generate" is against ``generate`` in the
-row's own dtype.
+row's own dtype. ``--packed`` adds the same samplers with ``engine.packed_linears`` (oneDNN on
+packed weights, CPU only) beside the plain ones.
 
     python bench/generation.py                   # CPU, batches 1, 16, 64
     python bench/generation.py --model smollm2 --engine-dtype bfloat16 --threads 2
@@ -121,6 +122,7 @@ def main() -> None:
         "--engine-dtype", choices=["bfloat16"], help="also run posttrain's sampler from a copy in this dtype"
     )
     p.add_argument("--no-generic", action="store_true", help="skip posttrain's generic (HF cache) path")
+    p.add_argument("--packed", action="store_true", help="also run each sampler with engine.packed_linears (oneDNN)")
     p.add_argument("--json", help="also write every row and the bounds to this file")
     p.add_argument("--size", type=int, nargs=4, metavar=("HIDDEN", "LAYERS", "HEADS", "MLP"),
                    help="build a random-init Llama of this shape instead of the quickstart's")  # fmt: skip
@@ -147,6 +149,14 @@ def main() -> None:
         engines[name] = TorchEngine(model, tok, batch_size=batch_size, dtype=args.engine_dtype)
         generators[low] = (f"{GENERATE} ({args.engine_dtype})", copy.deepcopy(model).to(low))
         dtypes[name] = dtypes[generators[low][0]] = low
+        if args.packed:
+            engines[f"{name} packed"] = TorchEngine(
+                model, tok, batch_size=batch_size, dtype=args.engine_dtype, packed_linears=True
+            )
+            dtypes[f"{name} packed"] = low
+    if args.packed:
+        engines["posttrain packed"] = TorchEngine(model, tok, batch_size=batch_size, packed_linears=True)
+        dtypes["posttrain packed"] = torch.float32
     bandwidth = copy_bandwidth() if device.type == "cpu" else float("nan")
     bounds = {dt: bounds_for(model, dt, device.type, bandwidth) for dt in set(dtypes.values())}
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")

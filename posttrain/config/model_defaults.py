@@ -17,7 +17,12 @@ gets the values the common trainers start from:
   time: the same values and gradients as the full logits (tests/unit/test_chunked_logprobs.py),
   and at a real vocabulary less memory and no slower: on SmolLM2-135M (49,152 columns) SFT
   92 -> 127 tokens/s and 8.1 -> 6.6 GB peak, GRPO 38.5 -> 32.1 s a step and 10.0 -> 8.4 GB
-  (bench/RESULTS.md, 2026-12-02 real scale). The tiny model's 100-column head gains nothing.
+  (bench/RESULTS.md, 2026-12-02 real scale). The tiny model's 100-column head gains nothing;
+- every stage: ``engine.packed_linears`` true, the torch sampler's linear layers through oneDNN
+  on packed weights on a CPU (``posttrain.rollout.decoders.PackedLinears``): on SmolLM2-135M
+  with 2 threads, fp32 decoding 14 -> 23, 78 -> 118 and 118 -> 146 tokens/s at batch 1, 16
+  and 64 (bench/RESULTS.md, ninth session). Off by default so that the tiny model's sampler,
+  and with it the golden traces, keep MKL's summation order.
 
 "Real" is every ``model.path`` except a model of posttrain's own character tokenizer (the tiny
 model, or a checkpoint trained from it), told by the ``vocab_size`` in its ``config.json``;
@@ -49,6 +54,7 @@ REAL_LR_SOURCE = {
 }
 REAL_MAX_SEQ_LEN = 1024  # TRL SFTConfig.max_length
 REAL_LOGITS_CHUNK = 1024  # positions per LM-head tile (measured, see the module docstring)
+REAL_PACKED_LINEARS = True  # the sampler's linear layers through oneDNN (measured, see the module docstring)
 
 
 def _given(data: dict[str, Any], key: str) -> bool:
@@ -108,4 +114,11 @@ def resolve(cfg: Config, data: dict[str, Any], stage: str | None, notes: list[st
         notes.append(
             f"train.logits_chunk: {REAL_LOGITS_CHUNK}, a real model's default (its large LM head in tiles): {why}"
         )
-    return dataclasses.replace(cfg, train=train, optim=optim)
+    engine = cfg.engine
+    if not _given(data, "engine.packed_linears"):
+        engine = dataclasses.replace(engine, packed_linears=REAL_PACKED_LINEARS)
+        notes.append(
+            f"engine.packed_linears: {str(REAL_PACKED_LINEARS).lower()}, a real model's default (the sampler's "
+            f"linear layers through oneDNN on a CPU): {why}"
+        )
+    return dataclasses.replace(cfg, train=train, optim=optim, engine=engine)

@@ -279,6 +279,9 @@ class EngineConfig:
     # torch: the sampler's weights; bfloat16 samples from a bf16 copy while training stays fp32, and GRPO then
     # recomputes old_logprobs with the trainer (docs/speed.md); auto: the trainer's own weights
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # torch, on a CPU: the Llama-family decoder's linear layers through oneDNN on weights packed
+    # once per update (q/k/v and gate/up fused), instead of MKL; a real model's default (docs/speed.md)
+    packed_linears: bool = False
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def build_engine(
     several = dist_setup.launched_world() > 1 or dist_setup.active()
     check_engine(cfg, distributed=several, lora=True if _is_peft(model) else None)
     if e.backend == "torch":
-        return TorchEngine(model, tokenizer, batch_size=e.batch_size, dtype=e.dtype)
+        return TorchEngine(model, tokenizer, batch_size=e.batch_size, dtype=e.dtype, packed_linears=e.packed_linears)
     if e.backend == "vllm":
         return _vllm_engine(cfg, model, tokenizer, model_dir)
     init_ray(e)

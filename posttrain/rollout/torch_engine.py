@@ -43,7 +43,14 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from posttrain.errors import RolloutError
 from posttrain.rollout.base import TORCH_ENGINE, Completion, EngineCapabilities, SamplingParams, stop_token_ids
-from posttrain.rollout.decoders import Decoder, HFDecoder, StaticLlamaDecoder, supports_static_decode
+from posttrain.rollout.decoders import (
+    Decoder,
+    HFDecoder,
+    PackedLinears,
+    StaticLlamaDecoder,
+    packing_supported,
+    supports_static_decode,
+)
 from posttrain.seeds import derive_seed
 
 
@@ -149,8 +156,10 @@ class TorchEngine:
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256, fast: bool = True,
-        head: Any = None, dtype: str = "auto",
+        head: Any = None, dtype: str = "auto", packed_linears: bool = False,
     ) -> None:  # fmt: skip
+        """``packed_linears``: on a CPU, the fast decoder runs its linear layers through oneDNN on packed
+        weights (``posttrain.rollout.decoders.PackedLinears``); elsewhere, and off the fast path, ignored."""
         self.model = model
         # "auto": sample from model itself; a dtype other than model's: from a copy in that dtype
         self.sample_dtype = None if dtype == "auto" else getattr(torch, dtype)
@@ -159,6 +168,8 @@ class TorchEngine:
         self._copy: Any = None
         self.head = head  # a TemperatureHead, used by calls with sampling.adaptive set
         self.fast = fast and supports_static_decode(model)
+        self.packed = packed_linears and self.fast
+        self._linears = PackedLinears()  # kept across calls: a weight is packed again only once it changed
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.on_batch: Callable[[int], None] | None = None  # told each batch's rows: a progress display's advance
@@ -233,7 +244,11 @@ class TorchEngine:
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
         picks = _HeadPicks(self.head, sampling, B, T, head_gen) if sampling.adaptive != "off" else None
         hidden = picks is not None  # the head reads each step's last hidden state
-        decoder: Decoder = StaticLlamaDecoder(model, L + T, hidden) if self.fast else HFDecoder(model, hidden)
+        decoder: Decoder = HFDecoder(model, hidden)
+        if self.fast:
+            weights = next(model.parameters())
+            linears = self._linears if self.packed and packing_supported(weights.device, weights.dtype) else None
+            decoder = StaticLlamaDecoder(model, L + T, hidden, linears)
         logits = decoder.prefill(input_ids, attention, positions)
         if len(distinct) < B:
             decoder.select(copy_of)

@@ -29,7 +29,7 @@ def test_tiny_model_keeps_the_code_defaults(tiny_dir: Path) -> None:
     assert is_tiny_model(str(tiny_dir))
     for overrides in ([], [f"model.path={tiny_dir}"]):
         cfg = load_config(None, overrides, stage="sft")
-        assert (cfg.optim.lr, cfg.train.max_seq_len) == (1e-3, 128)
+        assert (cfg.optim.lr, cfg.train.max_seq_len, cfg.engine.packed_linears) == (1e-3, 128, False)
 
 
 @pytest.mark.parametrize(("stage", "lr"), [("sft", 2e-5), ("grpo", 1e-6), ("dpo", 1e-6), ("rm", 1e-5), (None, 2e-5)])
@@ -38,19 +38,27 @@ def test_real_model_gets_real_defaults_per_stage(tmp_path: Path, stage: str | No
     assert not is_tiny_model(str(real))
     notes: list[str] = []
     cfg = load_config(None, [f"model.path={real}"], stage=stage, explain=notes)
-    assert (cfg.optim.lr, cfg.train.max_seq_len, cfg.train.logits_chunk) == (lr, 1024, 1024)
-    assert [n.split(":")[0] for n in notes] == ["optim.lr", "train.max_seq_len", "train.logits_chunk"]
+    assert (cfg.optim.lr, cfg.train.max_seq_len, cfg.train.logits_chunk, cfg.engine.packed_linears) == (
+        lr,
+        1024,
+        1024,
+        True,
+    )
+    keys = ["optim.lr", "train.max_seq_len", "train.logits_chunk", "engine.packed_linears"]
+    assert [n.split(":")[0] for n in notes] == keys
 
 
 def test_a_value_the_user_gives_always_wins(tmp_path: Path) -> None:
     real = _real_dir(tmp_path)
     path = tmp_path / "c.yaml"
     path.write_text(
-        f"model: {{path: {real}}}\ntrain: {{max_seq_len: 300, logits_chunk: 0}}\nstages:\n  grpo:\n    optim: {{lr: 3.0e-6}}\n"
+        f"model: {{path: {real}}}\ntrain: {{max_seq_len: 300, logits_chunk: 0}}\n"
+        "engine: {packed_linears: false}\nstages:\n  grpo:\n    optim: {lr: 3.0e-6}\n"
     )
     notes: list[str] = []
     grpo = load_config(path, stage="grpo", explain=notes)
     assert (grpo.optim.lr, grpo.train.max_seq_len, grpo.train.logits_chunk, notes) == (3e-6, 300, 0, [])
+    assert not grpo.engine.packed_linears
     sft = load_config(path, stage="sft")  # no sft overlay: sft's real-model lr, the file's length
     assert (sft.optim.lr, sft.train.max_seq_len) == (2e-5, 300)
     cli = load_config(path, ["optim.lr=7e-6"], stage="grpo")
