@@ -225,20 +225,13 @@ class PackedLinears:
         return torch.ops.mkldnn._reorder_linear_weight(weight, None), bias
 
 
-def _plain(layers: tuple[torch.nn.Linear, ...], x: torch.Tensor) -> torch.Tensor:
-    """``PackedLinears``' contract through each layer's own forward."""
-    if len(layers) == 1:
-        return layers[0](x)
-    return torch.cat([layer(x) for layer in layers], dim=-1)
-
-
 class StaticLlamaDecoder:
     def __init__(
         self, model: PreTrainedModel, max_len: int, keep_hidden: bool = False, linears: PackedLinears | None = None,
     ) -> None:  # fmt: skip
         """``linears``: run the linear layers through it (oneDNN, packed weights) instead of each layer's forward."""
         self.model = model
-        self.linear: Any = linears or _plain
+        self.packed = linears
         self.max_len = max_len
         self.keep_hidden = keep_hidden
         self.hidden: torch.Tensor | None = None
@@ -306,14 +299,17 @@ class StaticLlamaDecoder:
         last = inner.norm(h[:, -1])
         if self.keep_hidden:
             self.hidden = last
-        return self.linear((self.model.lm_head,), last)
+        return self._linear(self.model.lm_head, last)
+
+    def _linear(self, layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return layer(x) if self.packed is None else self.packed((layer,), x)
 
     def _mlp(self, mlp: Any, x: torch.Tensor) -> torch.Tensor:
-        """The gated MLP of the Llama family, down(act(gate(x)) * up(x)), through ``self.linear``."""
-        if self.linear is _plain:
+        """The gated MLP of the Llama family, down(act(gate(x)) * up(x)), gate and up as one packed matmul."""
+        if self.packed is None:
             return mlp(x)
-        gate, up = self.linear((mlp.gate_proj, mlp.up_proj), x).chunk(2, dim=-1)
-        return self.linear((mlp.down_proj,), mlp.act_fn(gate) * up)
+        gate, up = self.packed((mlp.gate_proj, mlp.up_proj), x).chunk(2, dim=-1)
+        return self.packed((mlp.down_proj,), mlp.act_fn(gate) * up)
 
     def _mask(self, attention: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """(B, 1, T, end) bool: causal over slots, real keys only, and always the query's own slot.
@@ -332,11 +328,11 @@ class StaticLlamaDecoder:
         start: int, rows: torch.Tensor | None, prefill: bool,
     ) -> torch.Tensor:  # fmt: skip
         B, T, _ = x.shape
-        if self.linear is _plain:
+        if self.packed is None:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         else:
             width = self.kv_heads * self.head_dim
-            q, k, v = self.linear((attn.q_proj, attn.k_proj, attn.v_proj), x).split(
+            q, k, v = self.packed((attn.q_proj, attn.k_proj, attn.v_proj), x).split(
                 [self.heads * self.head_dim, width, width], dim=-1
             )
         q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
@@ -365,7 +361,7 @@ class StaticLlamaDecoder:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=self.kv_heads != self.heads
             )
-        return self.linear((attn.o_proj,), out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+        return self._linear(attn.o_proj, out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
 
 
 def _one_query_attention(

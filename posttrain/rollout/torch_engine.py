@@ -244,11 +244,13 @@ class TorchEngine:
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
         picks = _HeadPicks(self.head, sampling, B, T, head_gen) if sampling.adaptive != "off" else None
         hidden = picks is not None  # the head reads each step's last hidden state
-        decoder: Decoder = HFDecoder(model, hidden)
+        decoder: Decoder
         if self.fast:
             weights = next(model.parameters())
             linears = self._linears if self.packed and packing_supported(weights.device, weights.dtype) else None
             decoder = StaticLlamaDecoder(model, L + T, hidden, linears)
+        else:
+            decoder = HFDecoder(model, hidden)
         logits = decoder.prefill(input_ids, attention, positions)
         if len(distinct) < B:
             decoder.select(copy_of)
