@@ -214,11 +214,8 @@ def recompute_old_logprobs(run: Run, batch: TokenBatch) -> dict[str, float]:
 def rowwise_logprobs(run: Run, model: Any, batch: TokenBatch) -> torch.Tensor:
     """(B, T-1) logprobs of every row of ``batch`` under ``model``, micro-batch by micro-batch, on the CPU."""
     ref, cfg = model, run.cfg
-    rows, chunk = list(range(len(batch.input_ids))), cfg.train.micro_batch_size
     temperature = cfg.sampling.temperature or 1.0
-    micro = [batch.select(rows[s : s + chunk]) for s in range(0, len(rows), chunk)]
-    if cfg.train.packing:  # each prompt once, as in the update (update_micro_batches)
-        micro = [share(mb) for mb in micro]
+    micro = micro_batches(batch, list(range(len(batch.input_ids))), cfg)  # as in the update
     # under FSDP with LoRA the reference is the sharded policy: ranks run unequal forwards
     with precision(run.model.device, cfg.train.mixed_precision), distributed.full_weights(run.model):
         parts = [
@@ -239,12 +236,15 @@ def update_micro_batches(batch: TokenBatch | None, rows: list[int], cfg: Config)
     """
     if batch is None or not rows:
         return [], 0.0
+    _, count = LOSS_WEIGHTS[cfg.grpo.loss_agg](batch.response_mask[rows], cfg.sampling.max_new_tokens)
+    return micro_batches(batch, rows, cfg), count
+
+
+def micro_batches(batch: TokenBatch, rows: list[int], cfg: Config) -> list[TokenBatch]:
+    """``rows`` of ``batch`` in ``train.micro_batch_size`` slices, each prompt shared with ``train.packing``."""
     mbs = cfg.train.micro_batch_size
     micro = [batch.select(rows[i : i + mbs]) for i in range(0, len(rows), mbs)]
-    if cfg.train.packing:
-        micro = [share(mb) for mb in micro]
-    _, count = LOSS_WEIGHTS[cfg.grpo.loss_agg](batch.response_mask[rows], cfg.sampling.max_new_tokens)
-    return micro, count
+    return [share(mb) for mb in micro] if cfg.train.packing else micro
 
 
 def train_grpo(cfg: Config, resume: bool = False) -> Path:
